@@ -1,0 +1,10 @@
+"""diffedu: the runnable companion to *The Principles of Diffusion Models* (Lai, Song, Kim, Mitsufuji, Ermon).
+
+Every derivation of the monograph as tested PyTorch code. Conventions: continuous time t in
+[0, 1] with **t = 0 data and t = 1 noise**; data of shape (B, ...); nothing holds a global
+device. Modules (one room per question): ``schedules``, ``forward``, ``param``, ``sde``,
+``toy``, ``losses``, ``samplers``, ``nets``, ``data``, ``train``, ``metrics``, ``viz``.
+"""
+from . import forward, param, schedules, sde, toy  # noqa: F401
+
+__version__ = "0.1.0"

@@ -1,0 +1,114 @@
+"""Input checks and the one broadcast helper shared by the whole package.
+
+Every public function validates its inputs here, so that a reader who passes a wrong shape
+or a time outside [0, 1] gets an error that names the argument, not a shape error from deep
+inside torch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+__all__ = ["append_dims", "check_data", "check_time", "check_like", "check_kind", "check_positive"]
+
+
+def append_dims(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-example quantity ``v`` of shape (B,) (or a scalar) to (B, 1, ..., 1).
+
+    The result broadcasts against ``x`` of shape (B, ...), so the same line serves 2D toys
+    (B, 2) and images (B, C, H, W). This is the package's only broadcast helper.
+    """
+    if not torch.is_tensor(v):
+        v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
+    if v.ndim == 0:
+        return v
+    if v.ndim != 1:
+        raise ValueError(f"append_dims: expected a per-example tensor of shape (B,), got shape {tuple(v.shape)}")
+    return v.reshape(v.shape[0], *([1] * (x.ndim - 1)))
+
+
+def check_data(x, name: str = "x", *, min_ndim: int = 2, allow_nonfinite: bool = False) -> torch.Tensor:
+    """Check that ``x`` is a floating tensor of shape (B, ...) with B >= 1 and finite entries."""
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name}: expected a torch.Tensor of shape (B, ...), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    if x.ndim < min_ndim:
+        raise ValueError(
+            f"{name}: expected shape (B, ...) with at least {min_ndim} dimensions "
+            f"(e.g. (B, 2) for 2D data, (B, C, H, W) for images), got shape {tuple(x.shape)}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch (B = 0); pass at least one example")
+    if not allow_nonfinite and not torch.isfinite(x).all():
+        raise ValueError(f"{name}: contains NaN or inf")
+    return x
+
+
+def check_time(t, x: Optional[torch.Tensor] = None, name: str = "t", *, allow_scalar: bool = True) -> torch.Tensor:
+    """Validate a continuous time ``t`` in [0, 1] (t = 0 data, t = 1 noise).
+
+    Accepts a float or 0-d tensor (broadcast to the batch of ``x`` when ``x`` is given) or a
+    tensor of shape (B,). Returns a floating tensor on ``x``'s device (if given).
+    """
+    if isinstance(t, bool):
+        raise TypeError(f"{name}: expected a float time in [0, 1], got bool")
+    if not torch.is_tensor(t):
+        if isinstance(t, (int, float)):
+            t = torch.tensor(float(t), dtype=x.dtype if x is not None else torch.get_default_dtype())
+        else:
+            raise TypeError(f"{name}: expected a float or a tensor of shape (B,), got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(
+            f"{name}: expected continuous time as a floating tensor in [0, 1], got dtype {t.dtype} "
+            "(integer DDPM steps live only in schedules.DiscreteSchedule; convert with timestep_to_t)"
+        )
+    if x is not None:
+        t = t.to(device=x.device)
+        if t.ndim == 0:
+            if not allow_scalar:
+                raise ValueError(f"{name}: expected shape (B,), got a scalar")
+            t = t.expand(x.shape[0])
+        elif t.ndim != 1 or t.shape[0] != x.shape[0]:
+            raise ValueError(f"{name}: expected shape ({x.shape[0]},) to match the batch of x, got {tuple(t.shape)}")
+    elif t.ndim > 1:
+        raise ValueError(f"{name}: expected a scalar or shape (B,), got shape {tuple(t.shape)}")
+    if torch.isnan(t).any():
+        raise ValueError(f"{name}: contains NaN")
+    if t.numel() and (t.min() < 0 or t.max() > 1):
+        raise ValueError(
+            f"{name}: must lie in [0, 1] (t = 0 data, t = 1 noise), got range "
+            f"[{t.min().item():.4g}, {t.max().item():.4g}]"
+        )
+    return t
+
+
+def check_like(y, x: torch.Tensor, name: str, ref: str = "x") -> torch.Tensor:
+    """Check that ``y`` is a tensor with exactly the shape of ``x``."""
+    if not torch.is_tensor(y):
+        raise TypeError(f"{name}: expected a torch.Tensor shaped like {ref} {tuple(x.shape)}, got {type(y).__name__}")
+    if y.shape != x.shape:
+        raise ValueError(f"{name}: expected shape {tuple(x.shape)} (same as {ref}), got {tuple(y.shape)}")
+    return y
+
+
+def check_kind(kind: str, allowed, name: str = "kind") -> str:
+    """Check that ``kind`` is one of ``allowed`` strings."""
+    if kind not in allowed:
+        raise ValueError(f"{name}: unknown value {kind!r}; expected one of {sorted(allowed)}")
+    return kind
+
+
+def check_positive(value, name: str, *, strict: bool = True, upper=None) -> float:
+    """Check a real parameter is finite and positive (or non-negative), optionally below ``upper``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a real number, got {value!r}") from None
+    if not math.isfinite(v) or (v <= 0 if strict else v < 0):
+        raise ValueError(f"{name}: expected a finite {'positive' if strict else 'non-negative'} number, got {value!r}")
+    if upper is not None and v >= upper:
+        raise ValueError(f"{name}: expected a value below {upper}, got {value!r}")
+    return v

@@ -1,0 +1,204 @@
+"""What does the network predict? Conversions between eps, x0, score, v and velocity (monograph §6.3, Table 6.1).
+
+With x_t = alpha_t x0 + sigma_t eps, every prediction target is an affine combination
+``A_t x0 + B_t eps`` (Table 6.1):
+
+=========  ==========================  ====================
+kind       target                      (A_t, B_t)
+=========  ==========================  ====================
+``x0``     clean data x0               (1, 0)
+``eps``    noise eps                   (0, 1)
+``score``  grad log p_t(x_t | x0)      (0, -1 / sigma_t)
+``v``      alpha_t eps - sigma_t x0    (-sigma_t, alpha_t)    (Salimans & Ho 2022)
+``velocity`` dx_t/dt                   (alpha'_t, sigma'_t)   (flow matching, §5.3)
+=========  ==========================  ====================
+
+Because (x_t, prediction) determines (x0, eps) whenever the 2x2 system is invertible, any
+kind converts to any other (:func:`convert`). For the *marginal* quantities the same formulas
+hold with x0 -> E[x0 | x_t] and eps -> E[eps | x_t] (Tweedie, monograph §3.3), which is why
+one trained model can be sampled through any parameterisation (monograph §6.3).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ._checks import append_dims, check_data, check_kind, check_like, check_time
+from .schedules import Schedule
+
+__all__ = ["KINDS", "target_coefficients", "to_x0", "to_eps", "from_x0_eps", "convert", "Prediction", "Denoiser"]
+
+KINDS = ("eps", "x0", "score", "v", "velocity")
+
+
+def _check_schedule(schedule):
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule: expected a diffedu.schedules.Schedule, got {type(schedule).__name__}")
+    return schedule
+
+
+def target_coefficients(kind: str, t: torch.Tensor, schedule: Schedule):
+    """(A_t, B_t) with target = A_t x0 + B_t eps for prediction ``kind`` (monograph Table 6.1)."""
+    check_kind(kind, KINDS, "kind")
+    _check_schedule(schedule)
+    a, s = schedule.alpha(t), schedule.sigma(t)
+    if kind == "x0":
+        return torch.ones_like(a), torch.zeros_like(a)
+    if kind == "eps":
+        return torch.zeros_like(a), torch.ones_like(a)
+    if kind == "score":
+        return torch.zeros_like(a), -1 / s
+    if kind == "v":
+        return -s, a
+    return schedule.d_alpha(t), schedule.d_sigma(t)
+
+
+def _coefs(t, x_t, schedule):
+    a, s = schedule.alpha(t), schedule.sigma(t)
+    return append_dims(a, x_t), append_dims(s, x_t)
+
+
+def _velocity_det(t, x_t, schedule):
+    a, s, da, ds = (append_dims(c, x_t) for c in schedule.coefficients(t))
+    return a, s, da, ds, a * ds - s * da  # det > 0 whenever the log-SNR decreases
+
+
+def to_x0(out: torch.Tensor, kind: str, x_t: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """x0 (or E[x0|x_t] for a marginal prediction) from a prediction of ``kind`` (monograph §6.3)."""
+    if kind == "x0":
+        return out
+    if kind == "velocity":
+        a, s, da, ds, det = _velocity_det(t, x_t, schedule)
+        return (ds * x_t - s * out) / det
+    a, s = _coefs(t, x_t, schedule)
+    if kind == "eps":
+        return (x_t - s * out) / a
+    if kind == "score":
+        return (x_t + s**2 * out) / a
+    if kind == "v":
+        return (a * x_t - s * out) / (a**2 + s**2)
+    raise ValueError(f"kind: unknown value {kind!r}; expected one of {sorted(KINDS)}")
+
+
+def to_eps(out: torch.Tensor, kind: str, x_t: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """eps (or E[eps|x_t]) from a prediction of ``kind`` (monograph §6.3)."""
+    if kind == "eps":
+        return out
+    if kind == "velocity":
+        a, s, da, ds, det = _velocity_det(t, x_t, schedule)
+        return (a * out - da * x_t) / det
+    a, s = _coefs(t, x_t, schedule)
+    if kind == "x0":
+        return (x_t - a * out) / s
+    if kind == "score":
+        return -s * out
+    if kind == "v":
+        return (s * x_t + a * out) / (a**2 + s**2)
+    raise ValueError(f"kind: unknown value {kind!r}; expected one of {sorted(KINDS)}")
+
+
+def from_x0_eps(x0: Optional[torch.Tensor], eps: Optional[torch.Tensor], kind: str, t: torch.Tensor, schedule: Schedule):
+    """The ``kind`` target A_t x0 + B_t eps (monograph Table 6.1); pass only what ``kind`` needs."""
+    ref = x0 if x0 is not None else eps
+    if kind == "x0":
+        return x0
+    if kind == "eps":
+        return eps
+    if kind == "score":
+        return -eps / append_dims(schedule.sigma(t), ref)
+    A, B = target_coefficients(kind, t, schedule)
+    return append_dims(A, ref) * x0 + append_dims(B, ref) * eps
+
+
+_NEEDS = {"x0": ("x0",), "eps": ("eps",), "score": ("eps",), "v": ("x0", "eps"), "velocity": ("x0", "eps")}
+
+
+def convert(out: torch.Tensor, src: str, dst: str, x_t: torch.Tensor, t, schedule: Schedule) -> torch.Tensor:
+    """Convert a prediction ``out`` of kind ``src`` at (x_t, t) into kind ``dst`` (monograph Table 6.1, §6.3).
+
+    Kinds: ``"eps"``, ``"x0"``, ``"score"``, ``"v"``, ``"velocity"``. Works for any schedule and any
+    shape (B, ...). Only the quantities ``dst`` needs are formed, so e.g. eps -> score never
+    divides by alpha_t.
+    """
+    check_kind(src, KINDS, "src")
+    check_kind(dst, KINDS, "dst")
+    _check_schedule(schedule)
+    check_data(x_t, "x_t")
+    check_like(out, x_t, "out", "x_t")
+    t = check_time(t, x_t)
+    if src == dst:
+        return out
+    need = _NEEDS[dst]
+    x0 = to_x0(out, src, x_t, t, schedule) if "x0" in need else None
+    eps = to_eps(out, src, x_t, t, schedule) if "eps" in need else None
+    return from_x0_eps(x0, eps, dst, t, schedule)
+
+
+@dataclass
+class Prediction:
+    """A denoiser's answer at (x_t, t): the clean-data estimate x0 and noise estimate eps.
+
+    For a trained or exact model these are E[x0 | x_t] and E[eps | x_t]; the other kinds
+    follow (monograph Table 6.1): ``score = -eps / sigma_t`` (Tweedie, §3.3) and
+    ``velocity = alpha'_t x0 + sigma'_t eps`` (the PF-ODE velocity, §4.4/§5.3).
+    """
+
+    x0: torch.Tensor
+    eps: torch.Tensor
+    x_t: torch.Tensor
+    t: torch.Tensor
+    schedule: Schedule
+
+    def as_kind(self, kind: str) -> torch.Tensor:
+        """The prediction in parameterisation ``kind`` (one of eps, x0, score, v, velocity)."""
+        check_kind(kind, KINDS, "kind")
+        return from_x0_eps(self.x0, self.eps, kind, self.t, self.schedule)
+
+    @property
+    def score(self) -> torch.Tensor:
+        """grad_x log p_t(x_t) = -E[eps|x_t] / sigma_t (monograph §3.3)."""
+        return self.as_kind("score")
+
+    @property
+    def velocity(self) -> torch.Tensor:
+        """PF-ODE velocity dx/dt = alpha'_t x0 + sigma'_t eps (monograph §4.4, §6.3)."""
+        return self.as_kind("velocity")
+
+    @property
+    def v(self) -> torch.Tensor:
+        """Salimans-Ho v = alpha_t eps - sigma_t x0."""
+        return self.as_kind("v")
+
+
+class Denoiser(nn.Module):
+    """A network plus a schedule plus the kind it predicts: the model contract every sampler accepts.
+
+    ``net(x_t, t, cond)`` returns a tensor shaped like x_t in parameterisation ``prediction``;
+    :meth:`forward` returns a :class:`Prediction` (x0 and eps). Wrappers (guidance, the exact
+    Gaussian-mixture oracle in :mod:`diffedu.toy`) implement the same ``forward`` and carry
+    ``.schedule``, so they compose (monograph §6.3).
+    """
+
+    def __init__(self, net: nn.Module, schedule: Schedule, prediction: str = "eps"):
+        super().__init__()
+        self.net = net
+        self.schedule = _check_schedule(schedule)
+        self.prediction = check_kind(prediction, KINDS, "prediction")
+
+    def raw(self, x_t: torch.Tensor, t, cond=None) -> torch.Tensor:
+        """The network's raw output (in parameterisation ``self.prediction``)."""
+        check_data(x_t, "x_t")
+        t = check_time(t, x_t)
+        out = self.net(x_t, t.to(x_t.dtype), cond) if cond is not None else self.net(x_t, t.to(x_t.dtype))
+        check_like(out, x_t, "net output", "x_t")
+        return out
+
+    def forward(self, x_t: torch.Tensor, t, cond=None) -> Prediction:
+        t = check_time(t, x_t)
+        out = self.raw(x_t, t, cond)
+        x0 = to_x0(out, self.prediction, x_t, t, self.schedule)
+        eps = to_eps(out, self.prediction, x_t, t, self.schedule)
+        return Prediction(x0=x0, eps=eps, x_t=x_t, t=t, schedule=self.schedule)

@@ -1,0 +1,445 @@
+"""Noise schedules: how noisy is time t?  (monograph §4.3, §6.2, Table 6.1; appendix D.6)
+
+A schedule fixes the forward corruption ``x_t = alpha_t x_0 + sigma_t eps`` for continuous
+t in [0, 1], **t = 0 data, t = 1 noise**. Every schedule is a small, stateless object that
+returns alpha_t, sigma_t, their time derivatives, the log signal-to-noise ratio
+
+    lambda_t = log(alpha_t^2 / sigma_t^2)              (the full log-SNR; DPM-Solver's
+                                                         "half log-SNR" is lambda_t / 2)
+
+and its inverse ``t_from_log_snr``. Everything follows the device and dtype of ``t``.
+
+The SDE coefficients follow from (alpha_t, sigma_t) for *any* schedule (monograph §4.3):
+``f(t) = d log alpha_t / dt`` and ``g(t)^2 = d sigma_t^2/dt - 2 f(t) sigma_t^2``; they live in
+:mod:`diffedu.sde`, so VP, VE and sub-VP are instances here, not separate SDE classes.
+
+Integer DDPM indices exist only inside :class:`DiscreteSchedule`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_positive
+
+__all__ = [
+    "Schedule",
+    "VPLinear",
+    "VPCosine",
+    "SubVP",
+    "VEGeometric",
+    "EDM",
+    "RectifiedFlow",
+    "DiscreteSchedule",
+    "ddpm_linear_betas",
+    "ddpm_cosine_betas",
+]
+
+
+def _check_t(t) -> torch.Tensor:
+    if not torch.is_tensor(t):
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            t = torch.tensor(float(t), dtype=torch.get_default_dtype())
+        else:
+            raise TypeError(f"t: expected a float or a floating tensor in [0, 1], got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"t: expected a floating tensor in [0, 1] (t = 0 data, t = 1 noise), got dtype {t.dtype}")
+    if torch.isnan(t).any():
+        raise ValueError("t: contains NaN")
+    if t.numel() and (t.min() < 0 or t.max() > 1):
+        raise ValueError(f"t: must lie in [0, 1], got range [{t.min().item():.4g}, {t.max().item():.4g}]")
+    return t
+
+
+class Schedule:
+    """Base class of a continuous-time schedule (alpha_t, sigma_t) on t in [0, 1] (monograph §6.2).
+
+    Subclasses implement ``_alpha, _sigma, _d_alpha, _d_sigma`` (closed forms, elementwise on a
+    tensor) and, where it exists, ``_t_from_log_snr``. The public methods validate ``t``.
+    ``variance_preserving`` is True when alpha_t^2 + sigma_t^2 = 1.
+    """
+
+    variance_preserving: bool = False
+
+    # --- closed forms (override) -------------------------------------------------------
+    def _alpha(self, t):
+        raise NotImplementedError
+
+    def _sigma(self, t):
+        raise NotImplementedError
+
+    def _d_alpha(self, t):
+        raise NotImplementedError
+
+    def _d_sigma(self, t):
+        raise NotImplementedError
+
+    def _d_sigma2(self, t):
+        return 2 * self._sigma(t) * self._d_sigma(t)
+
+    def _log_snr(self, t):
+        return 2 * (torch.log(self._alpha(t)) - torch.log(self._sigma(t)))
+
+    def _t_from_log_snr(self, lam):
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form inverse of the log-SNR")
+
+    # --- public, validated -------------------------------------------------------------
+    def alpha(self, t):
+        """Signal scale alpha_t of x_t = alpha_t x0 + sigma_t eps (monograph §6.2)."""
+        return self._alpha(_check_t(t))
+
+    def sigma(self, t):
+        """Noise scale sigma_t of x_t = alpha_t x0 + sigma_t eps (monograph §6.2)."""
+        return self._sigma(_check_t(t))
+
+    def d_alpha(self, t):
+        """Time derivative alpha'_t = d alpha_t / dt (closed form)."""
+        return self._d_alpha(_check_t(t))
+
+    def d_sigma(self, t):
+        """Time derivative sigma'_t = d sigma_t / dt (closed form)."""
+        return self._d_sigma(_check_t(t))
+
+    def d_sigma2(self, t):
+        """d(sigma_t^2)/dt, finite where sigma_t = 0 (used by g(t)^2, monograph §4.3)."""
+        return self._d_sigma2(_check_t(t))
+
+    def log_snr(self, t):
+        """Log signal-to-noise ratio lambda_t = log(alpha_t^2 / sigma_t^2), decreasing in t (monograph §9.2)."""
+        return self._log_snr(_check_t(t))
+
+    def t_from_log_snr(self, lam):
+        """Inverse of :meth:`log_snr`: the t in [0, 1] with lambda_t = ``lam`` (clamped to [0, 1])."""
+        if not torch.is_tensor(lam):
+            lam = torch.tensor(float(lam), dtype=torch.get_default_dtype())
+        if torch.isnan(lam).any():
+            raise ValueError("lam: contains NaN")
+        return self._t_from_log_snr(lam).clamp(0.0, 1.0)
+
+    def coefficients(self, t):
+        """(alpha_t, sigma_t, alpha'_t, sigma'_t) at once, like a scheduler output."""
+        t = _check_t(t)
+        return self._alpha(t), self._sigma(t), self._d_alpha(t), self._d_sigma(t)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class _VPBase(Schedule):
+    """Variance-preserving: sigma_t = sqrt(1 - alpha_t^2); subclasses give log alpha_t."""
+
+    variance_preserving = True
+
+    def _log_alpha(self, t):
+        raise NotImplementedError
+
+    def _d_log_alpha(self, t):
+        raise NotImplementedError
+
+    def _alpha(self, t):
+        return torch.exp(self._log_alpha(t))
+
+    def _sigma(self, t):
+        return torch.sqrt((-torch.expm1(2 * self._log_alpha(t))).clamp_min(0))
+
+    def _d_alpha(self, t):
+        return self._alpha(t) * self._d_log_alpha(t)
+
+    def _d_sigma(self, t):
+        # sigma' = -alpha alpha' / sigma  (infinite at t = 0 where sigma = 0)
+        return -self._alpha(t) * self._d_alpha(t) / self._sigma(t)
+
+    def _d_sigma2(self, t):
+        return -2 * self._alpha(t) * self._d_alpha(t)
+
+    def _log_snr(self, t):
+        la = self._log_alpha(t)
+        return 2 * la - torch.log(-torch.expm1(2 * la))
+
+    @staticmethod
+    def _log_alpha_from_log_snr(lam):
+        # alpha^2 = sigmoid(lam) for a VP schedule
+        return -0.5 * F.softplus(-lam)
+
+
+class VPLinear(_VPBase):
+    """VP schedule with linear beta(t) = beta_min + t (beta_max - beta_min) (Score SDE, monograph §4.3).
+
+    log alpha_t = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2. Defaults are Score SDE's
+    (0.1, 20), the continuous limit of DDPM's linear 1e-4..0.02 over 1000 steps.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
+        self.beta_min = check_positive(beta_min, "beta_min")
+        self.beta_max = check_positive(beta_max, "beta_max")
+        if self.beta_max < self.beta_min:
+            raise ValueError(f"beta_max: expected beta_max >= beta_min = {beta_min}, got {beta_max}")
+
+    def beta(self, t):
+        """beta(t) = g(t)^2 of the VP SDE dx = -beta/2 x dt + sqrt(beta) dw (monograph §4.3)."""
+        return self.beta_min + _check_t(t) * (self.beta_max - self.beta_min)
+
+    def _log_alpha(self, t):
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def _d_log_alpha(self, t):
+        return -0.5 * (self.beta_min + t * (self.beta_max - self.beta_min))
+
+    def _t_from_log_alpha(self, log_alpha):
+        # solve a t^2 + b t - c = 0 for c = -log alpha >= 0 (stable root)
+        c = -log_alpha
+        a, b = 0.25 * (self.beta_max - self.beta_min), 0.5 * self.beta_min
+        return 2 * c / (b + torch.sqrt(b * b + 4 * a * c))
+
+    def _t_from_log_snr(self, lam):
+        return self._t_from_log_alpha(self._log_alpha_from_log_snr(lam))
+
+
+class VPCosine(_VPBase):
+    """Cosine VP schedule of improved DDPM: alpha_t^2 = cos^2(pi/2 (t+s)/(1+s)) / cos^2(pi/2 s/(1+s)).
+
+    monograph §2.2 (improved DDPM) and §6.2. alpha_1 = 0, so lambda_1 = -inf; conversions that
+    divide by alpha_t are ill-posed exactly at t = 1.
+    """
+
+    def __init__(self, s: float = 0.008):
+        self.s = check_positive(s, "s", strict=False, upper=1.0)
+        self._c0 = math.log(math.cos(math.pi / 2 * self.s / (1 + self.s)))
+
+    def _theta(self, t):
+        return math.pi / 2 * (t + self.s) / (1 + self.s)
+
+    def _alpha(self, t):
+        return torch.cos(self._theta(t)).clamp_min(0) / math.exp(self._c0)
+
+    def _log_alpha(self, t):
+        return torch.log(torch.cos(self._theta(t)).clamp_min(0)) - self._c0
+
+    def _d_log_alpha(self, t):
+        return -torch.tan(self._theta(t)) * math.pi / 2 / (1 + self.s)
+
+    def _d_alpha(self, t):
+        return -torch.sin(self._theta(t)) * (math.pi / 2 / (1 + self.s)) / math.exp(self._c0)
+
+    def _t_from_log_snr(self, lam):
+        alpha = torch.exp(self._log_alpha_from_log_snr(lam))
+        theta = torch.arccos((alpha * math.exp(self._c0)).clamp(-1, 1))
+        return theta * 2 / math.pi * (1 + self.s) - self.s
+
+
+class SubVP(VPLinear):
+    """sub-VP schedule of Score SDE: alpha_t as in :class:`VPLinear`, sigma_t = 1 - alpha_t^2 (monograph §4.3).
+
+    Its SDE has the same drift as VP and a smaller diffusion g(t)^2 = beta(t)(1 - alpha_t^4);
+    here it comes out of the generic formula in :mod:`diffedu.sde`.
+    """
+
+    variance_preserving = False
+
+    def _sigma(self, t):
+        return -torch.expm1(2 * self._log_alpha(t))
+
+    def _d_sigma(self, t):
+        return -2 * self._alpha(t) * self._d_alpha(t)
+
+    def _d_sigma2(self, t):
+        return 2 * self._sigma(t) * self._d_sigma(t)
+
+    def _log_snr(self, t):
+        la = self._log_alpha(t)
+        return 2 * la - 2 * torch.log(-torch.expm1(2 * la))
+
+    def _t_from_log_snr(self, lam):
+        # alpha / (1 - alpha^2) = e^{lam/2}  ->  r alpha^2 + alpha - r = 0 with r = e^{lam/2}
+        r = torch.exp(lam / 2)
+        return self._t_from_log_alpha(torch.log(2 * r / (1 + torch.sqrt(1 + 4 * r * r))))
+
+
+class VEGeometric(Schedule):
+    """Variance-exploding schedule: alpha_t = 1, sigma_t = sigma_min (sigma_max / sigma_min)^t (NCSN/Score SDE, monograph §3.4, §4.3)."""
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        self.sigma_min = check_positive(sigma_min, "sigma_min")
+        self.sigma_max = check_positive(sigma_max, "sigma_max")
+        if self.sigma_max <= self.sigma_min:
+            raise ValueError(f"sigma_max: expected sigma_max > sigma_min = {sigma_min}, got {sigma_max}")
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+
+    def _alpha(self, t):
+        return 1 + 0 * t  # keeps the autograd graph for derivative checks
+
+    def _sigma(self, t):
+        return self.sigma_min * torch.exp(t * self._log_ratio)
+
+    def _d_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def _d_sigma(self, t):
+        return self._sigma(t) * self._log_ratio
+
+    def _log_snr(self, t):
+        return -2 * (math.log(self.sigma_min) + t * self._log_ratio)
+
+    def _t_from_log_snr(self, lam):
+        return (-lam / 2 - math.log(self.sigma_min)) / self._log_ratio
+
+
+class EDM(Schedule):
+    """EDM schedule (Karras et al. 2022): alpha_t = 1, sigma_t = sigma_max * t (monograph §6.4, appendix D.6).
+
+    EDM's own time is sigma itself; here it is rescaled to t in [0, 1] so that t = 0 is data
+    and t = 1 is sigma_max. EDM's rho-spaced grid lives in :mod:`diffedu.samplers`.
+    """
+
+    def __init__(self, sigma_max: float = 80.0, sigma_data: float = 0.5):
+        self.sigma_max = check_positive(sigma_max, "sigma_max")
+        self.sigma_data = check_positive(sigma_data, "sigma_data")
+
+    def _alpha(self, t):
+        return 1 + 0 * t  # keeps the autograd graph for derivative checks
+
+    def _sigma(self, t):
+        return self.sigma_max * t
+
+    def _d_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def _d_sigma(self, t):
+        return torch.full_like(t, self.sigma_max)
+
+    def _log_snr(self, t):
+        return -2 * torch.log(self.sigma_max * t)
+
+    def _t_from_log_snr(self, lam):
+        return torch.exp(-lam / 2) / self.sigma_max
+
+
+class RectifiedFlow(Schedule):
+    """Rectified flow / linear interpolant: alpha_t = 1 - t, sigma_t = t (monograph §5.3).
+
+    Flow-matching papers often run time the other way (t = 1 data); here t = 0 is data.
+    """
+
+    def _alpha(self, t):
+        return 1 - t
+
+    def _sigma(self, t):
+        return t.clone()
+
+    def _d_alpha(self, t):
+        return -torch.ones_like(t)
+
+    def _d_sigma(self, t):
+        return 1 + 0 * t  # keeps the autograd graph for derivative checks
+
+    def _log_snr(self, t):
+        return 2 * (torch.log1p(-t) - torch.log(t))
+
+    def _t_from_log_snr(self, lam):
+        return torch.sigmoid(-lam / 2)
+
+
+# ------------------------------------------------------------------------------------------
+# Discrete DDPM adapter
+# ------------------------------------------------------------------------------------------
+
+def ddpm_linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """DDPM's linear beta table beta_n, n = 0..N-1 (Ho et al. 2020; monograph §2.2), float64."""
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps: expected a positive int, got {num_steps!r}")
+    check_positive(beta_start, "beta_start", upper=1.0)
+    check_positive(beta_end, "beta_end", upper=1.0)
+    return torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+
+
+def ddpm_cosine_betas(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Improved-DDPM cosine beta table (Nichol & Dhariwal 2021; monograph §2.2), clipped at ``max_beta``."""
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps: expected a positive int, got {num_steps!r}")
+    check_positive(max_beta, "max_beta", upper=1.0 + 1e-12)
+    n = torch.arange(num_steps + 1, dtype=torch.float64)
+    f = torch.cos((n / num_steps + s) / (1 + s) * math.pi / 2) ** 2
+    abar = f / f[0]
+    return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
+
+
+class DiscreteSchedule(_VPBase):
+    """Adapter from a discrete DDPM table to continuous time (monograph §2.2 -> §4.3).
+
+    Step n in {0, ..., N-1} (with alpha_bar_n = prod_{i<=n} (1 - beta_i)) sits at
+    t_n = (n + 1) / N, and t = 0 is the clean data (alpha = 1). Between knots log alpha_t is
+    linear in t, as in DPM-Solver's discrete wrapper, so alpha_t and its derivative exist at every t.
+    Integer timesteps exist only here: :meth:`t_to_timestep`, :meth:`timestep_to_t`.
+    """
+
+    def __init__(self, betas: torch.Tensor):
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        if betas.ndim != 1 or betas.numel() < 1:
+            raise ValueError(f"betas: expected a non-empty 1-D table, got shape {tuple(betas.shape)}")
+        if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas >= 1).any():
+            raise ValueError("betas: every beta_n must lie in the open interval (0, 1)")
+        self.num_steps = betas.numel()
+        self._betas = betas
+        self._alphas_cumprod = torch.cumprod(1 - betas, 0)
+        la = 0.5 * torch.log(self._alphas_cumprod)
+        self._knots_t = torch.linspace(0, 1, self.num_steps + 1, dtype=torch.float64)
+        self._knots_la = torch.cat([torch.zeros(1, dtype=torch.float64), la])
+
+    @classmethod
+    def linear(cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        """The standard DDPM linear table (1e-4..0.02 over 1000 steps)."""
+        return cls(ddpm_linear_betas(num_steps, beta_start, beta_end))
+
+    @classmethod
+    def cosine(cls, num_steps: int = 1000, s: float = 0.008):
+        """The improved-DDPM cosine table."""
+        return cls(ddpm_cosine_betas(num_steps, s))
+
+    @property
+    def betas(self) -> torch.Tensor:
+        """The beta table (float64, CPU)."""
+        return self._betas.clone()
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """alpha_bar_n = prod_{i<=n}(1 - beta_i), n = 0..N-1 (float64, CPU) — the DDPM table."""
+        return self._alphas_cumprod.clone()
+
+    def timestep_to_t(self, n) -> torch.Tensor:
+        """Continuous time t_n = (n + 1) / N of (possibly fractional) DDPM step n in [-1, N-1]."""
+        n = torch.as_tensor(n, dtype=torch.float64) if not torch.is_tensor(n) else n.to(torch.float64)
+        if (n < -1).any() or (n > self.num_steps - 1).any():
+            raise ValueError(f"n: DDPM steps must lie in [-1, {self.num_steps - 1}]")
+        return (n + 1) / self.num_steps
+
+    def t_to_timestep(self, t) -> torch.Tensor:
+        """Fractional DDPM step n = N t - 1 of continuous time t (the inverse of :meth:`timestep_to_t`)."""
+        return _check_t(t) * self.num_steps - 1
+
+    def _interp(self, t):
+        kt = self._knots_t.to(device=t.device, dtype=t.dtype)
+        kl = self._knots_la.to(device=t.device, dtype=t.dtype)
+        idx = torch.clamp(torch.searchsorted(kt, t.detach().contiguous(), right=True) - 1, 0, self.num_steps - 1)
+        t0, t1 = kt[idx], kt[idx + 1]
+        l0, l1 = kl[idx], kl[idx + 1]
+        slope = (l1 - l0) / (t1 - t0)
+        return l0 + slope * (t - t0), slope
+
+    def _log_alpha(self, t):
+        return self._interp(t)[0]
+
+    def _d_log_alpha(self, t):
+        return self._interp(t)[1]
+
+    def _t_from_log_snr(self, lam):
+        target = self._log_alpha_from_log_snr(lam)
+        kt = self._knots_t.to(device=lam.device, dtype=lam.dtype)
+        kl = self._knots_la.to(device=lam.device, dtype=lam.dtype)
+        # log alpha decreases in t: search on the negated, increasing array
+        neg = -kl
+        idx = torch.clamp(torch.searchsorted(neg, (-target).contiguous(), right=True) - 1, 0, self.num_steps - 1)
+        l0, l1, t0, t1 = kl[idx], kl[idx + 1], kt[idx], kt[idx + 1]
+        return t0 + (target - l0) / (l1 - l0) * (t1 - t0)

@@ -1,0 +1,95 @@
+"""Schedules: closed-form derivatives vs autograd, monotone log-SNR, inverse round trips, DDPM tables."""
+import math
+
+import pytest
+import torch
+
+from diffedu import schedules as S
+
+ALL = [S.VPLinear(), S.VPCosine(), S.SubVP(), S.VEGeometric(), S.EDM(), S.RectifiedFlow(),
+       S.DiscreteSchedule.linear(), S.DiscreteSchedule.cosine()]
+IDS = [type(s).__name__ + str(i) for i, s in enumerate(ALL)]
+
+
+def _grid(n=257, lo=1e-3, hi=1 - 1e-3):
+    return torch.linspace(lo, hi, n, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("sch", ALL, ids=IDS)
+def test_derivatives_match_autograd(sch):
+    t = _grid()
+    if isinstance(sch, S.DiscreteSchedule):  # piecewise linear in log alpha: avoid the kinks
+        t = (torch.arange(3, 997, dtype=torch.float64) + 0.37) / 1000
+    tt = t.clone().requires_grad_(True)
+    (ga,) = torch.autograd.grad(sch.alpha(tt).sum(), tt, materialize_grads=True)
+    tt = t.clone().requires_grad_(True)
+    (gs,) = torch.autograd.grad(sch.sigma(tt).sum(), tt, materialize_grads=True)
+    torch.testing.assert_close(sch.d_alpha(t), ga, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(sch.d_sigma(t), gs, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(sch.d_sigma2(t), 2 * sch.sigma(t) * sch.d_sigma(t), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("sch", ALL, ids=IDS)
+def test_log_snr_monotone_and_inverse(sch):
+    t = _grid()
+    lam = sch.log_snr(t)
+    assert torch.isfinite(lam).all()
+    assert (lam[1:] < lam[:-1]).all(), "log-SNR must strictly decrease from data (t=0) to noise (t=1)"
+    torch.testing.assert_close(lam, torch.log(sch.alpha(t) ** 2 / sch.sigma(t) ** 2), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(sch.t_from_log_snr(lam), t, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("sch", [s for s in ALL if s.variance_preserving], ids=lambda s: type(s).__name__)
+def test_variance_preserving(sch):
+    t = _grid()
+    torch.testing.assert_close(sch.alpha(t) ** 2 + sch.sigma(t) ** 2, torch.ones_like(t))
+
+
+def test_endpoints():
+    for sch in [S.VPLinear(), S.VPCosine(), S.RectifiedFlow(), S.DiscreteSchedule.linear()]:
+        z = torch.zeros(1, dtype=torch.float64)
+        assert sch.alpha(z).item() == pytest.approx(1.0) and sch.sigma(z).item() == pytest.approx(0.0, abs=1e-12)
+    assert S.RectifiedFlow().alpha(torch.ones(1)).item() == 0.0
+    assert S.VPLinear().alpha(torch.ones(1, dtype=torch.float64)).item() == pytest.approx(math.exp(-0.25 * 19.9 - 0.05))
+    assert S.EDM(sigma_max=80).sigma(torch.ones(1)).item() == pytest.approx(80.0)
+
+
+def test_discrete_adapter_reproduces_ddpm_tables():
+    # Ho et al. (2020): beta linear from 1e-4 to 0.02 over 1000 steps; alpha_bar_n = prod (1 - beta_i)
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)
+    sch = S.DiscreteSchedule.linear()
+    torch.testing.assert_close(sch.alphas_cumprod, abar)
+    n = torch.arange(1000, dtype=torch.float64)
+    t = sch.timestep_to_t(n)
+    torch.testing.assert_close(sch.alpha(t) ** 2, abar, rtol=1e-12, atol=0)
+    torch.testing.assert_close(sch.t_to_timestep(t), n)
+    # improved-DDPM cosine table: alpha_bar_n = f(n+1)/f(0), clipped betas at 0.999
+    s = 0.008
+    f = lambda k: math.cos(((k / 1000) + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    cos = S.DiscreteSchedule.cosine()
+    assert cos.alphas_cumprod[499].item() == pytest.approx(f(500) / f(0), rel=1e-10)
+    # between knots, log alpha is linear in t
+    mid = (sch.timestep_to_t(torch.tensor(10.0)) + sch.timestep_to_t(torch.tensor(11.0))) / 2
+    expect = 0.5 * (0.5 * math.log(abar[10]) + 0.5 * math.log(abar[11]))
+    assert math.log(sch.alpha(mid).item()) == pytest.approx(expect, rel=1e-12)
+
+
+def test_discrete_linear_approaches_vp_linear():
+    # Score SDE: the 1000-step DDPM linear table is the discretisation of beta(t) = 0.1 + 19.9 t
+    t = _grid(50, 0.05, 0.95)
+    # log(1 - beta) = -beta - beta^2/2 - ...: the tables agree in log alpha to O(beta) relative error (< 1%)
+    la_d, la_c = S.DiscreteSchedule.linear().alpha(t).log(), S.VPLinear().alpha(t).log()
+    torch.testing.assert_close(la_d, la_c, rtol=1e-2, atol=2e-3)
+    assert not torch.allclose(la_d, la_c, rtol=1e-4, atol=0)  # they are not the same schedule
+
+
+def test_subvp_sigma_below_vp():
+    t = _grid()
+    assert (S.SubVP().sigma(t) <= S.VPLinear().sigma(t) + 1e-15).all()
+
+
+def test_follows_device_and_dtype():
+    for sch in ALL:
+        t32 = torch.tensor([0.25, 0.5], dtype=torch.float32)
+        assert sch.alpha(t32).dtype == torch.float32 and sch.sigma(t32).dtype == torch.float32
