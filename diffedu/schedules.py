@@ -225,8 +225,10 @@ class VPCosine(_VPBase):
         return -torch.sin(self._theta(t)) * (math.pi / 2 / (1 + self.s)) / math.exp(self._c0)
 
     def _t_from_log_snr(self, lam):
-        alpha = torch.exp(self._log_alpha_from_log_snr(lam))
-        theta = torch.arccos((alpha * math.exp(self._c0)).clamp(-1, 1))
+        # cos(theta) = u = alpha cos(theta_0); atan2(sqrt(1 - u^2), u) with 1 - u^2 = -expm1(2 log u)
+        # stays accurate near t = 0, where arccos(u) loses half the digits.
+        log_u = self._log_alpha_from_log_snr(lam) + self._c0
+        theta = torch.atan2(torch.sqrt((-torch.expm1(2 * log_u)).clamp_min(0)), torch.exp(log_u))
         return theta * 2 / math.pi * (1 + self.s) - self.s
 
 

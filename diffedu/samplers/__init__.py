@@ -8,3 +8,4 @@ from noise (t near 1) to data (t near 0). Submodules: ``ode`` (deterministic sol
 from .ancestral import *  # noqa
 from .langevin import *  # noqa
 from .sde import *  # noqa
+from .ode import *  # noqa

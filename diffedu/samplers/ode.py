@@ -1,0 +1,531 @@
+"""Deterministic samplers of the probability-flow ODE, from Euler to DPM-Solver++ (monograph §9.1-9.6, Table 9.1).
+
+The PF-ODE of x_t = alpha_t x0 + sigma_t eps (monograph §4.4) is *semi-linear*:
+
+    dx/dt = (alpha'_t / alpha_t) x  +  (sigma'_t - sigma_t alpha'_t / alpha_t) E[eps | x_t].          (9.1)
+
+Two changes of variable make its structure plain (monograph §9.2). With the half log-SNR
+lambda_t = log(alpha_t / sigma_t) and sigma_bar = sigma_t / alpha_t = exp(-lambda_t),
+
+    d(x / alpha) / d sigma_bar = eps(x, t)                                   (the "DDIM ODE")   (9.2)
+    x_s = (alpha_s/alpha_t) x_t - alpha_s  int_{lambda_t}^{lambda_s} e^{-lambda} eps  d lambda   (9.3)
+    x_s = (sigma_s/sigma_t) x_t + sigma_s  int_{lambda_t}^{lambda_s} e^{ lambda} x0   d lambda   (9.4)
+
+(9.3)/(9.4) are exact (variation of constants); a solver only approximates the integral.
+Table 9.1 of the monograph, as implemented here:
+
+=========================  ==========================================  ================================
+function                   what it approximates                        classical analogue
+=========================  ==========================================  ================================
+``sample_euler``           dx/dt = velocity, one slope per step        explicit Euler (order 1)
+``sample_heun``            (9.2) in sigma_bar, trapezoid (EDM)         Heun / explicit trapezoid (2)
+``sample_ddim``            (9.3) with eps constant = Euler of (9.2)    exponential Euler (1)
+``sample_dpm_solver``      (9.3), eps Taylor-expanded in lambda        exponential Runge-Kutta (1-3)
+``sample_dpm_solver_pp_2s``  (9.4), x0 from one midpoint stage          exponential midpoint RK (2)
+``sample_dpm_solver_pp_2m``  (9.4), x0 extrapolated from the last step  exponential Adams-Bashforth (2)
+``sample_dpm_solver_pp_3m``  (9.4), x0 quadratic through three steps    exponential Adams-Bashforth (3)
+``sample_deis``            (9.2), eps a polynomial in sigma_bar         Adams-Bashforth (1-3)
+=========================  ==========================================  ================================
+
+**The last step.** Every grid here may end at the data, sigma = 0, where lambda = +inf: a step
+"in lambda" to it is infinitely long. Peer libraries then jump straight to the model's x0
+prediction, which is an Euler step of (9.2) -- first order, so it caps every higher-order
+solver at order 2 (or, from a fixed sigma_min, at no convergence at all). Here a step that
+lands on sigma = 0 is taken in sigma_bar, where it is an ordinary finite step of (9.2): the
+multistep solvers use an Adams-Bashforth step of their own order on the stored eps values, the
+single-step solvers an explicit midpoint step (order 2, which keeps a third-order method third
+order because it is one step). Neither evaluates the model at sigma = 0. See monograph §9.5 and
+the chapter "Fast solvers".
+
+Conventions: ``model(x_t, t, cond) -> Prediction`` with ``model.schedule``; ``ts`` is a
+decreasing float64 grid (:mod:`diffedu.samplers.grids`), cast to x's dtype only at the model
+call; ``callback(i, t, x)`` sees the state after step i. Every function returns x at ts[-1].
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .._checks import check_data
+from ..param import Prediction
+from ..schedules import Schedule
+from .grids import check_grid, grid_ddpm, grid_karras, grid_log_snr, grid_power, grid_uniform, sigma_bar_to_t
+
+__all__ = [
+    "sample_euler",
+    "sample_heun",
+    "sample_heun_t",
+    "sample_ddim",
+    "sample_dpm_solver",
+    "sample_dpm_solver_pp_2s",
+    "sample_dpm_solver_pp_2m",
+    "sample_dpm_solver_pp_3m",
+    "sample_deis",
+    "solve_pf_ode_reference",
+    "trajectory",
+    "SOLVERS",
+    "grid_uniform",
+    "grid_power",
+    "grid_log_snr",
+    "grid_karras",
+    "grid_ddpm",
+    "sigma_bar_to_t",
+]
+
+
+# ------------------------------------------------------------------------------------------ shared
+class _Table:
+    """alpha, sigma, alpha', sigma', half log-SNR and sigma_bar at every grid time, as Python floats (float64)."""
+
+    def __init__(self, schedule: Schedule, ts: torch.Tensor):
+        self.schedule = schedule
+        self.t = ts.tolist()
+        a, s = schedule.alpha(ts), schedule.sigma(ts)
+        da, ds = schedule.d_alpha(ts), schedule.d_sigma(ts)  # sigma' may be infinite at sigma = 0: never used there
+        self.a, self.s, self.da, self.ds = a.tolist(), s.tolist(), da.tolist(), ds.tolist()
+        self.lam = (torch.log(a) - torch.log(s)).tolist()  # +inf at the data (sigma = 0)
+        self.sb = (s / a).tolist()
+
+        self._stages = {}
+
+    def stage(self, i: int, r: float):
+        """(t, alpha, sigma) at lambda_i + r (lambda_{i+1} - lambda_i), the stage of a single-step solver.
+
+        Computed for the whole grid at once (vectorised, float64) the first time ``r`` is asked for.
+        """
+        if r not in self._stages:
+            lam = torch.tensor(self.lam, dtype=torch.float64)
+            mid = lam[:-1] + r * (lam[1:] - lam[:-1])
+            mid = torch.where(torch.isfinite(mid), mid, torch.zeros_like(mid))  # steps to sigma = 0 never use it
+            t = self.schedule.t_from_log_snr(2 * mid)
+            self._stages[r] = list(zip(t.tolist(), self.schedule.alpha(t).tolist(), self.schedule.sigma(t).tolist()))
+        return self._stages[r][i]
+
+    def at_sigma_bar(self, sb: float):
+        t = sigma_bar_to_t(self.schedule, torch.tensor(sb, dtype=torch.float64))
+        return float(t), float(self.schedule.alpha(t))
+
+
+def _setup(model, x, ts):
+    if not callable(model) or not isinstance(getattr(model, "schedule", None), Schedule):
+        raise TypeError("model: expected a model with the contract model(x_t, t, cond) -> Prediction and a "
+                        f"diffedu Schedule at model.schedule (e.g. param.Denoiser, toy ExactDenoiser), got {type(model).__name__}")
+    check_data(x, "x")
+    ts = check_grid(ts)
+    return _Table(model.schedule, ts), ts.numel() - 1
+
+
+def _predict(model, x: torch.Tensor, t: float, cond) -> Prediction:
+    """One model evaluation at the float64 time ``t``, cast to x's dtype here (and only here)."""
+    tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+    return model(x, tt, cond)
+
+
+def _check_order(order, allowed):
+    if isinstance(order, bool) or order not in allowed:
+        raise ValueError(f"order: expected one of {list(allowed)}, got {order!r}")
+    return order
+
+
+def _done(callback, i, t, x):
+    if callback is not None:
+        callback(i, t, x)
+    return x
+
+
+# Gauss-Legendre rules on [-1, 1]: 3 points are exact for the polynomials of the sigma_bar steps,
+# 16 points integrate e^{-lambda} x (polynomial of degree <= 2) to float precision for steps h <~ 3.
+_GL = {k: tuple(map(tuple, np.polynomial.legendre.leggauss(k))) for k in (3, 16)}
+
+
+def _lagrange_integrals(nodes, a: float, b: float, exp_weight: bool = False):
+    """w_j = int_a^b L_j(u) du (or int_a^b e^{-u} L_j(u) du) for the Lagrange basis L_j through ``nodes``.
+
+    These are the Adams-Bashforth weights (plain, or exponential for the log-SNR form (9.3)).
+    """
+    gx_all, gw_all = _GL[16 if exp_weight else 3]
+    mid, half = 0.5 * (a + b), 0.5 * (b - a)
+    w = []
+    for j, nj in enumerate(nodes):
+        acc = 0.0
+        for gx, gw in zip(gx_all, gw_all):
+            u, L = mid + half * gx, 1.0
+            for m, nm in enumerate(nodes):
+                if m != j:
+                    L *= (u - nm) / (nj - nm)
+            acc += gw * L * (math.exp(-u) if exp_weight else 1.0)
+        w.append(half * acc)
+    return w
+
+
+def _ab_sigma_bar_step(x, tab, i, hist, order):
+    """Adams-Bashforth step of (9.2) from grid point i to i+1 using up to ``order`` stored (sigma_bar_j, eps_j), newest first."""
+    use = hist[:order]
+    w = _lagrange_integrals([sb for sb, _ in use], tab.sb[i], tab.sb[i + 1])
+    xbar = x / tab.a[i]
+    for wj, (_, e) in zip(w, use):
+        xbar = xbar + wj * e
+    return tab.a[i + 1] * xbar
+
+
+def _midpoint_to_data(model, x, tab, i, eps_i, cond):
+    """Explicit midpoint step of (9.2) from grid point i to sigma_bar = 0 (the data): order 2, no evaluation at sigma = 0."""
+    sb = tab.sb[i]
+    tm, am = tab.at_sigma_bar(0.5 * sb)
+    xbar_m = x / tab.a[i] - 0.5 * sb * eps_i
+    eps_m = _predict(model, am * xbar_m, tm, cond).eps
+    return tab.a[i + 1] * (x / tab.a[i] - sb * eps_m)
+
+
+# ------------------------------------------------------------------------------------------ classical
+def _field(model, x, t, da, ds, cond):
+    p = _predict(model, x, t, cond)
+    return da * p.x0 + ds * p.eps  # PF-ODE velocity alpha' E[x0|x] + sigma' E[eps|x] (monograph §4.4, §6.3)
+
+
+def sample_euler(model, x: torch.Tensor, ts: torch.Tensor, *, cond=None, callback: Optional[Callable] = None) -> torch.Tensor:
+    """Explicit Euler on the PF-ODE dx/dt = alpha'_t E[x0|x] + sigma'_t E[eps|x] in the grid's own time t (monograph §4.4, §9.1).
+
+    Works for every schedule (for rectified flow it is the usual flow-matching sampler). First
+    order: its error falls like 1/NFE. One model evaluation per step.
+    """
+    tab, n = _setup(model, x, ts)
+    for i in range(n):
+        v = _field(model, x, tab.t[i], tab.da[i], tab.ds[i], cond)
+        x = _done(callback, i, tab.t[i + 1], x + (tab.t[i + 1] - tab.t[i]) * v)
+    return x
+
+
+def sample_heun(model, x: torch.Tensor, ts: torch.Tensor, *, cond=None, callback: Optional[Callable] = None) -> torch.Tensor:
+    """Heun's method (explicit trapezoid) on the DDIM ODE (9.2), d(x/alpha)/d sigma_bar = eps -- EDM's deterministic sampler (Karras et al. 2022, Alg. 1; monograph §9.1-9.2).
+
+    EDM integrates in sigma on the scaled state x/s(t); for a general schedule that is Heun in
+    sigma_bar = sigma_t/alpha_t on x_bar = x/alpha_t: the Euler predictor
+    x_bar' = x_bar_i + (sigma_bar_{i+1} - sigma_bar_i) eps_i, then the average of eps at both ends.
+    In this variable the right-hand side eps is smooth up to the data, so the method is second
+    order (in t, sigma'_t ~ 1/sqrt(t) near the data makes the same trapezoid stiff there: see
+    :func:`sample_heun_t`). As in EDM the correction is skipped on a step that ends at
+    sigma = 0 (eps is not evaluated at the data); that single Euler step has local error
+    O(h^2) and keeps the method second order. With the :class:`~diffedu.schedules.EDM` schedule
+    and :func:`grid_karras` this is exactly EDM's sampler. 2 evaluations per step (1 on a final
+    step to sigma = 0). Needs alpha_t > 0 on the grid.
+    """
+    tab, n = _setup(model, x, ts)
+    if not math.isfinite(tab.sb[0]):
+        raise ValueError(f"ts: alpha_t = 0 at t = {tab.t[0]}, so x / alpha_t is undefined; start the grid slightly below it")
+    eps = _predict(model, x, tab.t[0], cond).eps
+    for i in range(n):
+        h = tab.sb[i + 1] - tab.sb[i]
+        xbar = x / tab.a[i]
+        xbar_pred = xbar + h * eps
+        if tab.s[i + 1] > 0:
+            eps_next = _predict(model, tab.a[i + 1] * xbar_pred, tab.t[i + 1], cond).eps
+            xbar_pred = xbar + 0.5 * h * (eps + eps_next)
+            x = tab.a[i + 1] * xbar_pred
+            if i + 1 < n:  # EDM re-evaluates at the corrected point: the next step's Euler slope
+                eps = _predict(model, x, tab.t[i + 1], cond).eps
+        else:
+            x = tab.a[i + 1] * xbar_pred
+        _done(callback, i, tab.t[i + 1], x)
+    return x
+
+
+def sample_heun_t(model, x: torch.Tensor, ts: torch.Tensor, *, cond=None, callback: Optional[Callable] = None) -> torch.Tensor:
+    """Heun's method on the PF-ODE dx/dt = alpha'_t E[x0|x] + sigma'_t E[eps|x] in the grid's own time t (monograph §4.4, §9.1).
+
+    The same trapezoid as :func:`sample_heun` but in the variable t; kept to show that *the
+    variable matters*: for VP schedules sigma'_t ~ 1/sqrt(t) blows up at the data, the field is
+    not smooth in t there, and the measured order drops below 2 on grids that end at sigma = 0.
+    Works for every schedule, including alpha_t = 0 at t = 1 (rectified flow). 2 evaluations per
+    step (1 on a final step to sigma = 0).
+    """
+    tab, n = _setup(model, x, ts)
+    for i in range(n):
+        h = tab.t[i + 1] - tab.t[i]
+        v = _field(model, x, tab.t[i], tab.da[i], tab.ds[i], cond)
+        x_pred = x + h * v
+        if tab.s[i + 1] > 0:
+            v2 = _field(model, x_pred, tab.t[i + 1], tab.da[i + 1], tab.ds[i + 1], cond)
+            x_pred = x + 0.5 * h * (v + v2)
+        x = _done(callback, i, tab.t[i + 1], x_pred)
+    return x
+
+
+# ------------------------------------------------------------------------------------------ DDIM
+def sample_ddim(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float = 0.0, cond=None,
+                generator: Optional[torch.Generator] = None, callback: Optional[Callable] = None) -> torch.Tensor:
+    """DDIM (Song, Meng, Ermon 2021; monograph §9.3): x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z.
+
+    c = eta sigma_s sqrt(1 - exp(Lambda_t - Lambda_s)) (Lambda the full log-SNR) is the
+    standard deviation of the DDPM posterior q(x_s | x_t, x0) times eta: eta = 1 is ancestral
+    sampling, eta = 0 the deterministic sampler, which equals exponential Euler of (9.3),
+    DPM-Solver-1 and Euler of the DDIM ODE (9.2) to float precision. ``generator`` drives z.
+    """
+    tab, n = _setup(model, x, ts)
+    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not (eta >= 0):
+        raise ValueError(f"eta: expected a float >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta!r}")
+    for i in range(n):
+        p = _predict(model, x, tab.t[i], cond)
+        a_s, s_s = tab.a[i + 1], tab.s[i + 1]
+        c = eta * s_s * math.sqrt(max(0.0, -math.expm1(2 * (tab.lam[i] - tab.lam[i + 1])))) if s_s > 0 else 0.0
+        x = a_s * p.x0 + math.sqrt(max(s_s**2 - c**2, 0.0)) * p.eps
+        if c > 0:
+            x = x + c * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        _done(callback, i, tab.t[i + 1], x)
+    return x
+
+
+# ------------------------------------------------------------------------------------------ DPM-Solver
+def sample_dpm_solver(model, x: torch.Tensor, ts: torch.Tensor, *, order: int = 2, cond=None,
+                      callback: Optional[Callable] = None) -> torch.Tensor:
+    """Single-step DPM-Solver-1/2/3 (Lu et al. 2022, Algs. 1-2 with r1 = 1/2; r1, r2 = 1/3, 2/3; monograph §9.4).
+
+    Exponential Runge-Kutta for (9.3): with h = lambda_s - lambda_t (half log-SNR),
+    order 1:  x_s = (alpha_s/alpha_t) x_t - sigma_s (e^h - 1) eps_t                     (= DDIM)
+    order 2:  adds  - sigma_s (e^h - 1) (eps(u, s1) - eps_t) / (2 r1)  at the stage u at lambda_t + r1 h
+    order 3:  two stages, the second using the first's difference, then phi_2-weighted correction.
+    ``order`` evaluations per step; a step that lands on sigma = 0 is a midpoint step of (9.2).
+    """
+    tab, n = _setup(model, x, ts)
+    _check_order(order, (1, 2, 3))
+    for i in range(n):
+        a_t, lt = tab.a[i], tab.lam[i]
+        eps_t = _predict(model, x, tab.t[i], cond).eps
+        if tab.s[i + 1] == 0:
+            x = tab.a[i + 1] * (x - tab.s[i] * eps_t) / a_t if order == 1 else _midpoint_to_data(model, x, tab, i, eps_t, cond)
+            _done(callback, i, tab.t[i + 1], x)
+            continue
+        a_s, s_s, h = tab.a[i + 1], tab.s[i + 1], tab.lam[i + 1] - lt
+        if order == 1:
+            x = (a_s / a_t) * x - s_s * math.expm1(h) * eps_t
+        elif order == 2:
+            r1 = 0.5
+            t1, a1, s1 = tab.stage(i, r1)
+            u = (a1 / a_t) * x - s1 * math.expm1(r1 * h) * eps_t
+            d1 = _predict(model, u, t1, cond).eps - eps_t
+            x = (a_s / a_t) * x - s_s * math.expm1(h) * eps_t - s_s / (2 * r1) * math.expm1(h) * d1
+        else:
+            r1, r2 = 1 / 3, 2 / 3
+            t1, a1, s1 = tab.stage(i, r1)
+            t2, a2, s2 = tab.stage(i, r2)
+            u1 = (a1 / a_t) * x - s1 * math.expm1(r1 * h) * eps_t
+            d1 = _predict(model, u1, t1, cond).eps - eps_t
+            u2 = ((a2 / a_t) * x - s2 * math.expm1(r2 * h) * eps_t
+                  - s2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * d1)
+            d2 = _predict(model, u2, t2, cond).eps - eps_t
+            x = (a_s / a_t) * x - s_s * math.expm1(h) * eps_t - s_s / r2 * (math.expm1(h) / h - 1) * d2
+        _done(callback, i, tab.t[i + 1], x)
+    return x
+
+
+def sample_dpm_solver_pp_2s(model, x: torch.Tensor, ts: torch.Tensor, *, cond=None,
+                            callback: Optional[Callable] = None) -> torch.Tensor:
+    """DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1 with r = 1/2; monograph §9.4): exponential midpoint for the data form (9.4).
+
+    u = (sigma_m/sigma_t) x_t + alpha_m (1 - e^{-h/2}) x0_t at lambda_m = lambda_t + h/2, then
+    x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^{-h}) x0(u, m). 2 evaluations per step; a step
+    that lands on sigma = 0 is a midpoint step of (9.2).
+    """
+    tab, n = _setup(model, x, ts)
+    for i in range(n):
+        p = _predict(model, x, tab.t[i], cond)
+        if tab.s[i + 1] == 0:
+            x = _done(callback, i, tab.t[i + 1], _midpoint_to_data(model, x, tab, i, p.eps, cond))
+            continue
+        s_t, h = tab.s[i], tab.lam[i + 1] - tab.lam[i]
+        tm, am, sm = tab.stage(i, 0.5)
+        u = (sm / s_t) * x - am * math.expm1(-0.5 * h) * p.x0
+        d = _predict(model, u, tm, cond).x0
+        x = _done(callback, i, tab.t[i + 1], (tab.s[i + 1] / s_t) * x - tab.a[i + 1] * math.expm1(-h) * d)
+    return x
+
+
+def sample_dpm_solver_pp_2m(model, x: torch.Tensor, ts: torch.Tensor, *, cond=None,
+                            callback: Optional[Callable] = None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2; monograph §9.4): exponential Adams-Bashforth-2 for (9.4).
+
+    With r = h_prev / h, D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1} and
+    x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^{-h}) D; the first step is DDIM. One evaluation per
+    step; a step that lands on sigma = 0 is a second-order Adams-Bashforth step of (9.2).
+    """
+    tab, n = _setup(model, x, ts)
+    prev, hist = None, []
+    for i in range(n):
+        p = _predict(model, x, tab.t[i], cond)
+        hist = [(tab.sb[i], p.eps)] + hist[:1]
+        if tab.s[i + 1] == 0:
+            x = _done(callback, i, tab.t[i + 1], _ab_sigma_bar_step(x, tab, i, hist, 2))
+            continue
+        h = tab.lam[i + 1] - tab.lam[i]
+        D = p.x0
+        if prev is not None:
+            r = (tab.lam[i] - tab.lam[i - 1]) / h
+            D = (1 + 0.5 / r) * p.x0 - (0.5 / r) * prev
+        prev = p.x0
+        x = _done(callback, i, tab.t[i + 1], (tab.s[i + 1] / tab.s[i]) * x - tab.a[i + 1] * math.expm1(-h) * D)
+    return x
+
+
+def sample_dpm_solver_pp_3m(model, x: torch.Tensor, ts: torch.Tensor, *, cond=None,
+                            callback: Optional[Callable] = None) -> torch.Tensor:
+    """DPM-Solver++(3M) as an exponential Adams-Bashforth-3 for (9.4) (Lu et al. 2022b; monograph §9.4).
+
+    x0(lambda) along the trajectory is replaced by the quadratic through the last three
+    (lambda_j, x0_j) (fewer on the first two steps), written as x0_i + D1 tau + D2 tau^2 / 2 with
+    tau = lambda - lambda_i, and (9.4) is integrated exactly:
+    x_s = (sigma_s/sigma_t) x_t + alpha_s [ (1 - e^{-h}) x0_i + (h - 1 + e^{-h}) D1 + (h^2/2 - h + 1 - e^{-h}) D2 ].
+    One evaluation per step; a step that lands on sigma = 0 is a third-order Adams-Bashforth step of (9.2).
+    """
+    tab, n = _setup(model, x, ts)
+    hist, eps_hist = [], []
+    for i in range(n):
+        p = _predict(model, x, tab.t[i], cond)
+        hist = [(tab.lam[i], p.x0)] + hist[:2]
+        eps_hist = [(tab.sb[i], p.eps)] + eps_hist[:2]
+        if tab.s[i + 1] == 0:
+            x = _done(callback, i, tab.t[i + 1], _ab_sigma_bar_step(x, tab, i, eps_hist, 3))
+            continue
+        h = tab.lam[i + 1] - tab.lam[i]
+        D1 = D2 = None
+        if len(hist) >= 2:  # Newton divided differences in lambda, expanded at lambda_i
+            d1 = (hist[1][1] - hist[0][1]) / (hist[1][0] - hist[0][0])
+            D1 = d1
+            if len(hist) == 3:
+                dl1, dl2 = hist[1][0] - hist[0][0], hist[2][0] - hist[0][0]
+                d2 = ((hist[2][1] - hist[0][1]) / dl2 - d1) / (dl2 - dl1)
+                D1, D2 = d1 - d2 * dl1, 2 * d2
+        em = math.expm1(-h)
+        x_new = (tab.s[i + 1] / tab.s[i]) * x - tab.a[i + 1] * em * p.x0
+        if D1 is not None:
+            x_new = x_new + tab.a[i + 1] * (h + em) * D1
+        if D2 is not None:
+            x_new = x_new + tab.a[i + 1] * (0.5 * h * h - h - em) * D2
+        x = _done(callback, i, tab.t[i + 1], x_new)
+    return x
+
+
+# ------------------------------------------------------------------------------------------ DEIS
+def sample_deis(model, x: torch.Tensor, ts: torch.Tensor, *, order: int = 3, variable: str = "rho", cond=None,
+                callback: Optional[Callable] = None) -> torch.Tensor:
+    """DEIS (Zhang & Chen 2023; monograph §9.4): Adams-Bashforth for the eps form of the PF-ODE.
+
+    Both variants replace eps along the trajectory by the polynomial through the last ``order``
+    stored evaluations (fewer while warming up) and integrate it exactly; order 1 is DDIM.
+
+    ``variable="rho"`` (default, the paper's rhoAB-DEIS): the polynomial is in
+    rho = sigma_bar = sigma_t/alpha_t and the step is a classical Adams-Bashforth step of the
+    DDIM ODE (9.2), x_bar_{i+1} = x_bar_i + sum_j w_j eps_j, w_j = int_{rho_i}^{rho_{i+1}} L_j(rho) d rho.
+    eps is a smooth function of rho up to the data, and the grid's rho-steps all shrink like
+    1/NFE, so the method has its nominal order (measured >= 1.9 / >= 2.8 for orders 2 / 3).
+
+    ``variable="lambda"``: the polynomial is in the half log-SNR lambda = -log rho and (9.3) is
+    integrated with the exponential weights int e^{-lambda} L_j(lambda) d lambda (16-point
+    Gauss-Legendre). Near the data the lambda-steps of a grid ending at sigma = 0 do not shrink
+    (e.g. the last step before 0 spans log 2 in lambda), so the fit is poor there and the
+    measured order falls below nominal -- kept to show that the variable matters. The final
+    step onto sigma = 0 is always the rho step (infinitely long in lambda).
+
+    One evaluation per step. Needs alpha_t > 0 on the grid.
+    """
+    tab, n = _setup(model, x, ts)
+    _check_order(order, (1, 2, 3))
+    if variable not in ("rho", "lambda"):
+        raise ValueError(f"variable: expected 'rho' (polynomial in sigma_bar) or 'lambda' (in the half log-SNR), got {variable!r}")
+    if not math.isfinite(tab.sb[0]):
+        raise ValueError(f"ts: alpha_t = 0 at t = {tab.t[0]}, so x / alpha_t is undefined; start the grid slightly below it")
+    hist, eps_hist = [], []
+    for i in range(n):
+        eps = _predict(model, x, tab.t[i], cond).eps
+        hist = [(tab.lam[i], eps)] + hist[: order - 1]
+        eps_hist = [(tab.sb[i], eps)] + eps_hist[: order - 1]
+        if variable == "rho" or tab.s[i + 1] == 0:
+            x = _done(callback, i, tab.t[i + 1], _ab_sigma_bar_step(x, tab, i, eps_hist, order))
+            continue
+        w = _lagrange_integrals([lam for lam, _ in hist], tab.lam[i], tab.lam[i + 1], exp_weight=True)
+        xbar = x / tab.a[i]
+        for wj, (_, e) in zip(w, hist):
+            xbar = xbar - wj * e
+        x = _done(callback, i, tab.t[i + 1], tab.a[i + 1] * xbar)
+    return x
+
+
+# ------------------------------------------------------------------------------------------ reference
+def solve_pf_ode_reference(model, x: torch.Tensor, t_start: float = 1.0, t_end: float = 0.0, *,
+                           rtol: float = 1e-10, atol: float = 1e-10, cond=None, variable: str = "auto",
+                           method: str = "DOP853") -> torch.Tensor:
+    """The PF-ODE solved to tolerance with scipy's adaptive ``solve_ivp`` (DOP853 by default) -- the "exact" solution (monograph §4.4, §9.6).
+
+    ``variable="sigma_bar"`` integrates (9.2), d(x/alpha)/d sigma_bar = eps, which is smooth up
+    to the data and free of the kinks of a discrete DDPM table; ``"t"`` integrates dx/dt =
+    velocity; ``"auto"`` takes sigma_bar unless alpha_{t_start} = 0. The model is called in x's
+    dtype -- pass float64 x (the exact oracle of :mod:`diffedu.toy` supports it) for a 1e-10 answer.
+    The whole batch is one ODE system, so the tolerance applies to the RMS over all coordinates.
+    """
+    from scipy.integrate import solve_ivp
+
+    tab, _ = _setup(model, x, torch.tensor([float(t_start), float(t_end)], dtype=torch.float64))
+    if variable not in ("auto", "sigma_bar", "t"):
+        raise ValueError(f"variable: expected 'auto', 'sigma_bar' or 't', got {variable!r}")
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if not isinstance(v, (int, float)) or not v > 0:
+            raise ValueError(f"{name}: expected a positive tolerance, got {v!r}")
+    if variable == "auto":
+        variable = "sigma_bar" if math.isfinite(tab.sb[0]) else "t"
+    sch, shape, dev, dt = model.schedule, x.shape, x.device, x.dtype
+
+    def to_x(y):
+        return torch.as_tensor(y, dtype=dt, device=dev).reshape(shape)
+
+    if variable == "sigma_bar":
+        def fun(sb, y):
+            t, a = tab.at_sigma_bar(max(float(sb), 0.0))
+            return _predict(model, a * to_x(y), t, cond).eps.reshape(-1).double().cpu().numpy()
+
+        sol = solve_ivp(fun, (tab.sb[0], tab.sb[1]), (x / tab.a[0]).reshape(-1).double().cpu().numpy(),
+                        method=method, rtol=rtol, atol=atol)
+        out = tab.a[1] * to_x(sol.y[:, -1])
+    else:
+        def fun(t, y):
+            tt = torch.tensor(float(t), dtype=torch.float64)
+            a, s, da, ds = (float(c) for c in sch.coefficients(tt))
+            p = _predict(model, to_x(y), float(t), cond)
+            return (da * p.x0 + ds * p.eps).reshape(-1).double().cpu().numpy()
+
+        sol = solve_ivp(fun, (float(t_start), float(t_end)), x.reshape(-1).double().cpu().numpy(),
+                        method=method, rtol=rtol, atol=atol)
+        out = to_x(sol.y[:, -1])
+    if not sol.success:
+        raise RuntimeError(f"solve_pf_ode_reference: scipy {method} failed: {sol.message}")
+    return out
+
+
+def trajectory(sampler: Callable, model, x: torch.Tensor, ts: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Run ``sampler(model, x, ts, **kwargs)`` and return every state, shape (len(ts), B, ...) (for plots)."""
+    states = [x]
+    user_cb = kwargs.pop("callback", None)
+
+    def cb(i, t, xi):
+        states.append(xi)
+        if user_cb is not None:
+            user_cb(i, t, xi)
+
+    sampler(model, x, ts, callback=cb, **kwargs)
+    return torch.stack(states)
+
+
+#: name -> (sampler, keyword arguments): the deterministic solvers of Table 9.1, for loops and benchmarks.
+SOLVERS = {
+    "euler": (sample_euler, {}),
+    "heun": (sample_heun, {}),
+    "ddim": (sample_ddim, {}),
+    "dpm_solver_2": (sample_dpm_solver, {"order": 2}),
+    "dpm_solver_3": (sample_dpm_solver, {"order": 3}),
+    "dpm_solver_pp_2s": (sample_dpm_solver_pp_2s, {}),
+    "dpm_solver_pp_2m": (sample_dpm_solver_pp_2m, {}),
+    "dpm_solver_pp_3m": (sample_dpm_solver_pp_3m, {}),
+    "deis_2": (sample_deis, {"order": 2}),
+    "deis_3": (sample_deis, {"order": 3}),
+}

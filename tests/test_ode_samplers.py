@@ -1,0 +1,224 @@
+"""Deterministic PF-ODE solvers (diffedu.samplers.ode, grids) against closed forms and the exact ODE solution (monograph §9)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffedu import schedules, toy
+from diffedu.param import Prediction
+from diffedu.samplers import ode
+from diffedu.samplers.grids import grid_ddpm, grid_karras, grid_log_snr, grid_power, grid_uniform, sigma_bar_to_t
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # the oracle is tiny; thread oversubscription only slows it down
+    yield
+    torch.set_num_threads(n)
+
+
+def _problem():
+    mix = toy.GaussianMixture([[-1.0, 0.0], [1.0, 0.5]], stds=[1.0, 0.8])
+    sch = schedules.VPLinear()
+    x1 = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return mix.denoiser(sch), sch, x1
+
+
+# ---------------------------------------------------------------------------------------- reference
+def test_reference_matches_closed_form_gaussian_flow():
+    # For data N(mu, s^2 I) the PF-ODE in (x_bar, sigma_bar) is d x_bar / d sigma_bar = sigma_bar (x_bar - mu) / (s^2 + sigma_bar^2),
+    # solved by x_bar - mu  proportional to  sqrt(s^2 + sigma_bar^2)  (monograph §9.2).
+    mu, s = torch.tensor([0.7, -1.2], dtype=torch.float64), 0.6
+    sch = schedules.VPLinear()  # (VPCosine's t_from_log_snr goes through arccos and loses ~1e-8 near t = 0)
+    model = toy.gaussian(mu, s**2 * torch.eye(2)).denoiser(sch)
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t0, t1 = 0.9, 0.0
+    sb0 = float(sch.sigma(torch.tensor(t0)) / sch.alpha(torch.tensor(t0)))
+    exact = mu + (x / float(sch.alpha(torch.tensor(t0))) - mu) * s / math.sqrt(s**2 + sb0**2)
+    out = ode.solve_pf_ode_reference(model, x, t0, t1, rtol=1e-11, atol=1e-11)
+    assert (out - exact).abs().max() < 1e-6  # x/alpha starts at ~60 here; DOP853's rtol is relative to that
+    out_t = ode.solve_pf_ode_reference(model, x, t0, 0.3, rtol=1e-10, atol=1e-10, variable="t")
+    sb = float(sch.sigma(torch.tensor(0.3)) / sch.alpha(torch.tensor(0.3)))
+    exact_t = float(sch.alpha(torch.tensor(0.3))) * (mu + (x / float(sch.alpha(torch.tensor(t0))) - mu)
+                                                      * math.sqrt(s**2 + sb**2) / math.sqrt(s**2 + sb0**2))
+    assert (out_t - exact_t).abs().max() < 1e-6
+
+
+# ---------------------------------------------------------------------------------------- identities
+def test_ddim_equals_dpm_solver_1_and_exponential_euler():
+    model, sch, x1 = _problem()
+    ts = grid_log_snr(sch, 12, 1.0, 1e-3)
+    a = ode.sample_ddim(model, x1, ts)
+    b = ode.sample_dpm_solver(model, x1, ts, order=1)
+    c = ode.sample_deis(model, x1, ts, order=1)
+    # exponential Euler of (9.3) by hand: x_s = (alpha_s/alpha_t) x_t - sigma_s (e^h - 1) eps_t
+    x = x1
+    for t, s in zip(ts[:-1], ts[1:]):
+        eps = model(x, t.expand(len(x))).eps
+        h = (sch.log_snr(s) - sch.log_snr(t)) / 2
+        x = sch.alpha(s) / sch.alpha(t) * x - sch.sigma(s) * torch.expm1(h) * eps
+    for y in (b, c, x):
+        assert (a - y).abs().max() < 1e-12
+
+
+def test_ddim_to_data_is_euler_of_ddim_ode_and_jump_to_x0():
+    model, sch, x1 = _problem()
+    ts = grid_power(6, 2.0)
+    out = ode.sample_ddim(model, x1, ts)
+    x = x1
+    for i in range(len(ts) - 1):  # Euler of d(x/alpha)/d sigma_bar = eps (9.2)
+        t, s = ts[i], ts[i + 1]
+        eps = model(x, t.expand(len(x))).eps
+        xbar = x / sch.alpha(t) + (sch.sigma(s) / sch.alpha(s) - sch.sigma(t) / sch.alpha(t)) * eps
+        x = sch.alpha(s) * xbar
+    assert (out - x).abs().max() < 1e-12
+
+
+def test_ddim_eta_one_samples_the_data_and_is_seeded():
+    mix = toy.eight_gaussians()
+    sch = schedules.VPLinear()
+    model = mix.denoiser(sch)
+    x1 = torch.randn(1000, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ts = grid_uniform(100, 1.0, 0.0)
+    a = ode.sample_ddim(model, x1, ts, eta=1.0, generator=torch.Generator().manual_seed(3))
+    b = ode.sample_ddim(model, x1, ts, eta=1.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    from diffedu.metrics import sliced_wasserstein
+    data = mix.sample(1000, torch.Generator().manual_seed(4), dtype=torch.float64)
+    data2 = mix.sample(1000, torch.Generator().manual_seed(5), dtype=torch.float64)
+    floor = float(sliced_wasserstein(data2, data, generator=torch.Generator().manual_seed(0)))
+    sw = float(sliced_wasserstein(a, data, generator=torch.Generator().manual_seed(0)))
+    assert sw < 2 * floor + 0.05, (sw, floor)
+    # eta = 0 is deterministic and differs from eta = 1
+    assert not torch.allclose(a, ode.sample_ddim(model, x1, ts))
+
+
+# ---------------------------------------------------------------------------------------- orders
+NFES = [20, 30, 50, 70, 100]
+ORDERS = {  # name: (evaluations per step, minimum (and maximum) fitted order)
+    "euler": (1, 0.9, 1.1),
+    "ddim": (1, 0.9, 1.1),
+    "heun": (2, 1.85, None),  # measured 1.89 on this problem; the t-variable is stiff near the data
+    "dpm_solver_2": (2, 1.9, None),
+    "dpm_solver_pp_2s": (2, 1.9, None),
+    "dpm_solver_pp_2m": (1, 1.9, None),
+    "deis_2": (1, 1.85, None),  # measured 1.89
+    "dpm_solver_3": (3, 2.8, None),
+    "dpm_solver_pp_3m": (1, 2.8, None),
+    "deis_3": (1, 2.6, None),  # measured 2.70: eps ~ e^{-lambda} near the data is poorly fitted by a polynomial in lambda
+}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    model, sch, x1 = _problem()
+    return ode.solve_pf_ode_reference(model, x1, 1.0, 0.0, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(ORDERS))
+def test_order_of_convergence_to_the_data(name, reference):
+    # The grid (t = (1 - u)^2) ends at sigma = 0, so this also checks that the last step keeps the order.
+    model, sch, x1 = _problem()
+    fn, kw = ode.SOLVERS[name]
+    per, lo, hi = ORDERS[name]
+    errs = []
+    for nfe in NFES:
+        steps = (nfe + 1) // 2 if name == "heun" else max(nfe // per, 1)
+        out = fn(model, x1, grid_power(steps, 2.0), **kw)
+        errs.append(float((out - reference).norm(dim=1).mean()))
+    p = -np.polyfit(np.log(NFES), np.log(errs), 1)[0]
+    assert p >= lo, (name, p, errs)
+    if hi is not None:
+        assert p <= hi, (name, p, errs)
+
+
+def test_usual_jump_to_x0_is_first_order_in_the_last_step(reference):
+    # The peer-library last step x = x0_hat(x_{t_min}) from a fixed sigma_min leaves an error that does not shrink with NFE.
+    model, sch, x1 = _problem()
+    ref = reference
+    errs = []
+    for k in (20, 40):
+        ts = grid_log_snr(sch, k, 1.0, 0.05)
+        x = ode.sample_dpm_solver_pp_3m(model, x1, ts)
+        x = model(x, torch.full((len(x),), 0.05, dtype=x.dtype)).x0
+        errs.append(float((x - ref).norm(dim=1).mean()))
+    assert errs[1] > 0.7 * errs[0]  # stalls
+    ours = ode.sample_dpm_solver_pp_3m(model, x1, grid_power(40, 2.0))
+    assert float((ours - ref).norm(dim=1).mean()) < 0.5 * errs[1]
+
+
+# ---------------------------------------------------------------------------------------- shapes, grids, errors
+class _FlatModel(torch.nn.Module):
+    """Gaussian-mixture oracle seen through image-shaped data (B, 1, 2, 2)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.schedule = inner, inner.schedule
+
+    def forward(self, x, t, cond=None):
+        p = self.inner(x.reshape(len(x), -1), t, cond)
+        return Prediction(x0=p.x0.reshape(x.shape), eps=p.eps.reshape(x.shape), x_t=x, t=t, schedule=self.schedule)
+
+
+@pytest.mark.parametrize("name", list(ode.SOLVERS))
+def test_image_shapes_and_float32(name):
+    mix = toy.GaussianMixture(torch.randn(3, 4, generator=torch.Generator().manual_seed(0)), stds=0.5)
+    sch = schedules.DiscreteSchedule.linear()
+    flat = mix.denoiser(sch)
+    img = _FlatModel(flat)
+    x = torch.randn(5, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    fn, kw = ode.SOLVERS[name]
+    ts = grid_uniform(6)
+    a = fn(img, x, ts, **kw)
+    b = fn(flat, x.reshape(5, 4), ts, **kw)
+    assert a.shape == x.shape and a.dtype == torch.float32
+    assert torch.allclose(a.reshape(5, 4), b, atol=1e-5)
+
+
+def test_trajectory_and_callback():
+    model, sch, x1 = _problem()
+    ts = grid_uniform(5)
+    traj = ode.trajectory(ode.sample_dpm_solver_pp_2m, model, x1, ts)
+    assert traj.shape == (6, *x1.shape)
+    assert torch.equal(traj[0], x1)
+    assert torch.equal(traj[-1], ode.sample_dpm_solver_pp_2m(model, x1, ts))
+
+
+def test_grids():
+    sch = schedules.DiscreteSchedule.linear()
+    g = grid_log_snr(sch, 10, 1.0, 1e-3)
+    lam = sch.log_snr(g) / 2
+    assert torch.allclose(lam[1:] - lam[:-1], (lam[1] - lam[0]).expand(10), atol=1e-9)
+    k = grid_karras(sch, 8, rho=7.0)
+    sb = (sch.sigma(k) / sch.alpha(k)) ** (1 / 7)
+    assert k[-1] == 0 and torch.allclose(sb[1:] - sb[:-1], (sb[1] - sb[0]).expand(8), atol=1e-9)
+    assert torch.allclose(sigma_bar_to_t(sch, sch.sigma(k) / sch.alpha(k)), k, atol=1e-12)
+    tr = grid_ddpm(sch, 10, "trailing")
+    assert tr[0] == 1.0 and tr[-1] == 0.0 and torch.allclose(tr[:-1], torch.arange(10, 0, -1, dtype=torch.float64) / 10)
+    le = grid_ddpm(sch, 10, "leading")
+    assert torch.allclose(le[:-1], (torch.arange(9, -1, -1, dtype=torch.float64) * 100 + 1) / 1000)
+    assert grid_power(4, 1.0).tolist() == grid_uniform(4).tolist()
+
+
+def test_errors_name_the_argument():
+    model, sch, x1 = _problem()
+    with pytest.raises(ValueError, match="ts"):
+        ode.sample_ddim(model, x1, torch.linspace(0, 1, 5, dtype=torch.float64))
+    with pytest.raises(TypeError, match="ts"):
+        ode.sample_heun(model, x1, torch.arange(5, 0, -1))
+    with pytest.raises(TypeError, match="model"):
+        ode.sample_euler(lambda x, t, c=None: x, x1, grid_uniform(3))
+    with pytest.raises(ValueError, match="order"):
+        ode.sample_deis(model, x1, grid_uniform(3), order=4)
+    with pytest.raises(ValueError, match="eta"):
+        ode.sample_ddim(model, x1, grid_uniform(3), eta=-1.0)
+    with pytest.raises(ValueError, match="n_steps"):
+        grid_uniform(0)
+    with pytest.raises(ValueError, match="t_start"):
+        grid_log_snr(sch, 4, 1.0, 0.0)
+    with pytest.raises(ValueError, match="t_start"):
+        grid_karras(schedules.RectifiedFlow(), 4, t_start=1.0)
+    with pytest.raises(ValueError, match="spacing"):
+        grid_ddpm(schedules.DiscreteSchedule.linear(), 4, "odd")
