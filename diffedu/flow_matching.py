@@ -153,15 +153,15 @@ def reflow_pairs(model, x1: torch.Tensor, n_steps: int = 32, *, sampler: Optiona
                  cond=None) -> ReflowPairs:
     """Reflow's coupling: push noise x1 through the model's PF-ODE to data x0 (monograph §5.4; Liu et al. 2023).
 
-    ``sampler(model, x, ts, cond=...)`` defaults to Heun (:func:`diffedu.samplers.ode.sample_heun`)
-    on ``n_steps`` uniform steps from t = 1 to 0. Train a new flow with
+    ``sampler(model, x, ts, cond=...)`` defaults to Heun in t (:func:`diffedu.samplers.ode.sample_heun_t`,
+    which accepts alpha_1 = 0) on ``n_steps`` uniform steps from t = 1 to 0. Train a new flow with
     ``conditional_fm_loss(new_model, pairs.x0, x1=pairs.x1)`` on these fixed pairs.
     """
     from .samplers.grids import grid_uniform
-    from .samplers.ode import sample_heun
+    from .samplers.ode import sample_heun_t
 
     check_data(x1, "x1")
-    sampler = sampler or sample_heun
+    sampler = sampler or sample_heun_t
     with torch.no_grad():
         x0 = sampler(model, x1, grid_uniform(n_steps, 1.0, 0.0), cond=cond)
     return ReflowPairs(x0=x0.detach(), x1=x1.detach())

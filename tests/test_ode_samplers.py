@@ -97,18 +97,22 @@ def test_ddim_eta_one_samples_the_data_and_is_seeded():
 
 # ---------------------------------------------------------------------------------------- orders
 NFES = [20, 30, 50, 70, 100]
-ORDERS = {  # name: (evaluations per step, minimum (and maximum) fitted order)
+ORDERS = {  # name: (evaluations per step, minimum (and maximum) fitted order): the issue's thresholds
     "euler": (1, 0.9, 1.1),
     "ddim": (1, 0.9, 1.1),
-    "heun": (2, 1.85, None),  # measured 1.89 on this problem; the t-variable is stiff near the data
+    "heun": (2, 1.9, None),  # Heun on the DDIM ODE (9.2) in sigma_bar, as EDM
     "dpm_solver_2": (2, 1.9, None),
     "dpm_solver_pp_2s": (2, 1.9, None),
     "dpm_solver_pp_2m": (1, 1.9, None),
-    "deis_2": (1, 1.85, None),  # measured 1.89
+    "deis_2": (1, 1.9, None),
     "dpm_solver_3": (3, 2.8, None),
     "dpm_solver_pp_3m": (1, 2.8, None),
-    "deis_3": (1, 2.6, None),  # measured 2.70: eps ~ e^{-lambda} near the data is poorly fitted by a polynomial in lambda
+    "deis_3": (1, 2.8, None),
 }
+# Known defect, NOT hidden by a looser bound: rhoAB-DEIS is still pre-asymptotic at NFE 20-100 on this problem
+# (measured fitted orders 1.85 / 2.58; explicit Adams-Bashforth on (9.2) sees h * Lipschitz(eps) ~ h / sigma_bar = O(1)
+# on the last steps before the data). Its local slopes do reach the nominal order (test_deis_asymptotic_order below).
+_PRE_ASYMPTOTIC = {"deis_2", "deis_3"}
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +121,9 @@ def reference():
     return ode.solve_pf_ode_reference(model, x1, 1.0, 0.0, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", list(ORDERS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
+    strict=True, reason="rhoAB-DEIS pre-asymptotic at NFE 20-100 (see _PRE_ASYMPTOTIC)")) if n in _PRE_ASYMPTOTIC else n
+    for n in ORDERS])
 def test_order_of_convergence_to_the_data(name, reference):
     # The grid (t = (1 - u)^2) ends at sigma = 0, so this also checks that the last step keeps the order.
     model, sch, x1 = _problem()
@@ -132,6 +138,25 @@ def test_order_of_convergence_to_the_data(name, reference):
     assert p >= lo, (name, p, errs)
     if hi is not None:
         assert p <= hi, (name, p, errs)
+
+
+@pytest.mark.parametrize("order, lo", [(2, 1.9), (3, 2.8)])
+def test_deis_asymptotic_order(order, lo, reference):
+    # Local slope of the error between NFE 200 and 400 (errors ~1e-4 and ~1e-5, far above the reference's ~1e-10).
+    model, sch, x1 = _problem()
+    e = [float((ode.sample_deis(model, x1, grid_power(n, 2.0), order=order) - reference).norm(dim=1).mean()) for n in (200, 400)]
+    p = math.log(e[0] / e[1]) / math.log(2)
+    assert p >= lo, (order, p, e)
+
+
+def test_heun_in_sigma_bar_beats_heun_in_t_order(reference):
+    # The variable matters: the same trapezoid in t is stiff at the data (sigma'_t ~ 1/sqrt(t)) and loses order.
+    model, sch, x1 = _problem()
+    fit = {}
+    for fn in (ode.sample_heun, ode.sample_heun_t):
+        errs = [float((fn(model, x1, grid_power(k, 1.5)) - reference).norm(dim=1).mean()) for k in (15, 25, 50)]
+        fit[fn.__name__] = -np.polyfit(np.log([29, 49, 99]), np.log(errs), 1)[0]
+    assert fit["sample_heun"] >= 1.9 and fit["sample_heun_t"] < 1.6, fit
 
 
 def test_usual_jump_to_x0_is_first_order_in_the_last_step(reference):
@@ -212,6 +237,8 @@ def test_errors_name_the_argument():
         ode.sample_euler(lambda x, t, c=None: x, x1, grid_uniform(3))
     with pytest.raises(ValueError, match="order"):
         ode.sample_deis(model, x1, grid_uniform(3), order=4)
+    with pytest.raises(ValueError, match="variable"):
+        ode.sample_deis(model, x1, grid_uniform(3), variable="t")
     with pytest.raises(ValueError, match="eta"):
         ode.sample_ddim(model, x1, grid_uniform(3), eta=-1.0)
     with pytest.raises(ValueError, match="n_steps"):
@@ -222,3 +249,50 @@ def test_errors_name_the_argument():
         grid_karras(schedules.RectifiedFlow(), 4, t_start=1.0)
     with pytest.raises(ValueError, match="spacing"):
         grid_ddpm(schedules.DiscreteSchedule.linear(), 4, "odd")
+
+
+def test_benchmark_quick_runs():
+    # benchmarks/solvers.py --quick (about 20 s on one core): runs end to end and diffedu's DDIM equals diffusers' DDIM.
+    pytest.importorskip("diffusers")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "solvers.py"), "--quick"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    gaps = [float(line.rsplit("=", 1)[1]) for line in out.stdout.splitlines() if "max |diffedu - diffusers|" in line]
+    assert len(gaps) == 3 and max(gaps) < 1e-5, out.stdout[-2000:]
+
+
+# ---------------------------------------------------------------------------------------- chapter 9 exercises
+def test_ch09_checkers_accept_reference_and_reject_mistakes():
+    from diffedu.exercises import ExerciseFailed, ch09
+
+    for checker, reference in ch09.EXERCISES.values():
+        assert checker(reference).passed
+    with pytest.raises(ExerciseFailed, match="sign"):
+        ch09.check_ddim_step(lambda x, e, t, s, sc: -ch09.ddim_step(x, e, t, s, sc))
+    with pytest.raises(ExerciseFailed):  # a grid uniform in t instead of in the log-SNR
+        ch09.check_log_snr_grid(lambda sc, n, a, b: grid_uniform(n, a, b))
+    with pytest.raises(ExerciseFailed):  # forgot the extrapolation: that is DDIM in the data form
+        ch09.check_dpm_pp_2m_step(lambda x, a, b, tp, t, s, sc: ch09.dpm_pp_2m_step(x, a, a, tp, t, s, sc))
+
+
+def test_ch09_references_match_the_package():
+    from diffedu.exercises import ch09
+
+    sch = schedules.DiscreteSchedule.linear()
+    assert torch.allclose(ch09.log_snr_grid(sch, 10, 1.0, 1e-3), grid_log_snr(sch, 10, 1.0, 1e-3), atol=1e-12)
+    model = toy.eight_gaussians().denoiser(sch)
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ts = grid_log_snr(sch, 3, 1.0, 0.01)
+    B = len(x)
+    x1 = ode.sample_ddim(model, x, ts[:2])
+    assert torch.allclose(x1, ch09.ddim_step(x, model(x, ts[0].expand(B)).eps, ts[0].expand(B), ts[1].expand(B), sch), atol=1e-12)
+    p0, p1 = model(x, ts[0].expand(B)), model(x1, ts[1].expand(B))
+    mine = ch09.dpm_pp_2m_step(x1, p1.x0, p0.x0, ts[0].expand(B), ts[1].expand(B), ts[2].expand(B), sch)
+    assert torch.allclose(mine, ode.sample_dpm_solver_pp_2m(model, x, ts[:3]), atol=1e-12)

@@ -1,0 +1,144 @@
+"""Build the book (CI mode) and check the rendered pages in headless Chromium, offline.
+
+Marked slow, but it runs in CI (`make test`). Without Chromium the browser test is skipped
+locally and FAILS when the environment variable CI is set. Screenshots go to artifacts/.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from conftest import ROOT, in_ci
+
+pytestmark = pytest.mark.slow
+
+JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")
+ARTIFACTS = ROOT / "artifacts"
+BUILD_TIMEOUT = 1800
+
+
+def _vendored() -> None:
+    if not (ROOT / "book" / "_vendor" / "mathjax" / "tex-mml-chtml.js").exists():
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "vendor_assets.py")], capture_output=True, text=True)
+        assert proc.returncode == 0, f"book/_vendor is missing and could not be made (run `make vendor`): {proc.stderr}"
+
+
+def _build(source: Path, out: Path, env_extra=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DIFFEDU_FAST="1", **(env_extra or {}))
+    return subprocess.run(
+        [str(JUPYTER_BOOK), "build", str(source), "--path-output", str(out), "--warningiserror", "--keep-going"],
+        capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT, cwd=source,
+    )
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory) -> Path:
+    _vendored()
+    out = tmp_path_factory.mktemp("book")
+    proc = _build(ROOT, out)
+    log = proc.stdout[-6000:] + proc.stderr[-6000:]
+    assert proc.returncode == 0, f"the book build failed:\n{log}"
+    html = out / "_build" / "html"
+    assert (html / "index.html").exists()
+    return html
+
+
+def _toc_pages() -> list[str]:
+    def walk(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("file", "root"):
+                    yield v
+                else:
+                    yield from walk(v)
+        elif isinstance(node, list):
+            for item in node:
+                yield from walk(item)
+    return list(walk(yaml.safe_load((ROOT / "_toc.yml").read_text())))
+
+
+def test_every_toc_page_is_built(built_book):
+    for page in _toc_pages():
+        stem = page.removesuffix(".ipynb").removesuffix(".md")
+        assert (built_book / f"{stem}.html").exists(), f"{stem}.html was not built"
+    assert (built_book / "_static" / "mathjax" / "tex-mml-chtml.js").exists()
+    assert (built_book / "_static" / "widgets" / "embed-amd.js").exists()
+
+
+def _chromium_or_skip():
+    import check_book
+
+    chromium = check_book.find_chromium()
+    if chromium is None:
+        if in_ci():
+            pytest.fail("Chromium is not installed (CI must install it: apt-get install chromium)")
+        pytest.skip("Chromium is not installed (apt-get install chromium); the test runs in CI")
+    return chromium
+
+
+def test_pages_render_offline_in_a_browser(built_book):
+    import check_book
+
+    chromium = _chromium_or_skip()
+    chapters = sorted(p.relative_to(built_book).as_posix() for p in (built_book / "chapters").glob("ch*.html"))
+    assert chapters, "no chapter pages were built"
+    pages = ["book/intro.html", "book/notation.html", *chapters]
+    reports = check_book.check_pages(built_book, pages, screenshot_dir=ARTIFACTS / "screenshots", chromium=chromium)
+    problems = []
+    for rep in reports:
+        is_chapter = rep.page.startswith("chapters/")
+        problems += check_book.problems(rep, expect_math=True, expect_figures=is_chapter)
+    # chapter 1 is the exemplar: it must show widgets drawn by the HTML manager and an animation
+    ch01 = next(r for r in reports if r.page.endswith("ch01_generative_modelling.html"))
+    problems += check_book.problems(ch01, expect_math=True, expect_figures=True, expect_widgets=True,
+                                    expect_animation=True)
+    assert not problems, "\n".join(problems)
+    for rep in reports:
+        assert rep.screenshot is not None and rep.screenshot.stat().st_size > 10_000
+
+
+# ----------------------------------------------------------------------------- the build is strict
+def _tiny_book(tmp_path: Path, code: str) -> Path:
+    """A one-notebook book with the real configuration (paths made absolute)."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config["only_build_toc_files"] = True
+    config.pop("bibtex_bibfiles", None)  # no bibliography in the tiny book, so no bibtex options
+    config["sphinx"]["config"] = {k: v for k, v in config["sphinx"]["config"].items() if not k.startswith("bibtex")}
+    config["html"].pop("favicon", None)
+    sphinx = config["sphinx"]
+    sphinx["local_extensions"] = {name: str(ROOT / path) for name, path in sphinx["local_extensions"].items()}
+    sphinx["config"]["html_static_path"] = [str(ROOT / p) for p in sphinx["config"]["html_static_path"]]
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "_config.yml").write_text(yaml.safe_dump(config))
+    (src / "_toc.yml").write_text("format: jb-book\nroot: page\n")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_markdown_cell("# A page"), nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell(code)]
+    nbformat.write(nb, src / "page.ipynb")
+    return src
+
+
+@pytest.mark.parametrize("code, why", [
+    ("print('fine')", None),
+    ("raise RuntimeError('deliberate failure')", "an error"),
+    ("import warnings\nwarnings.warn('deliberate warning')", "a warning"),
+    ("import sys\nprint('to stderr', file=sys.stderr)", "stderr output"),
+], ids=["clean", "error", "warning", "stderr"])
+def test_any_notebook_error_or_warning_fails_the_build(tmp_path, code, why):
+    _vendored()
+    src = _tiny_book(tmp_path, code)
+    proc = _build(src, tmp_path / "out")
+    log = proc.stdout[-3000:] + proc.stderr[-3000:]
+    if why is None:
+        assert proc.returncode == 0, f"a clean notebook must build:\n{log}"
+    else:
+        assert proc.returncode != 0, f"a notebook with {why} must fail the build:\n{log}"

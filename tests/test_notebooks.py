@@ -1,0 +1,90 @@
+"""Notebook hygiene: committed without outputs, the standard set-up cell, listed in the toc.
+
+Executing the notebooks is nbval's job (`make test` runs `pytest --nbval-lax chapters`); the
+exercise cells are tested in test_exercises.py and the rendered book in test_book.py.
+"""
+from __future__ import annotations
+
+import re
+
+import nbformat
+import pytest
+import yaml
+
+from conftest import ROOT, chapter_notebooks, repo_notebooks
+
+NOTEBOOKS = repo_notebooks()
+CHAPTERS = chapter_notebooks()
+
+
+def _config():
+    return yaml.safe_load((ROOT / "_config.yml").read_text())
+
+
+def _toc_files(node) -> list[str]:
+    files = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("file", "root"):
+                files.append(value)
+            else:
+                files += _toc_files(value)
+    elif isinstance(node, list):
+        for item in node:
+            files += _toc_files(item)
+    return files
+
+
+def test_there_are_chapters():
+    assert CHAPTERS, "no chapter notebooks found in chapters/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    dirty = [i for i, c in enumerate(nb.cells)
+             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; run `make strip`"
+    assert "widgets" not in nb.metadata, f"{path.name}: saved widget state; run `make strip`"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_first_code_cell_is_the_setup_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code").source
+    url = _config()["repository"]["url"]
+    assert re.search(r"if\s+[\"']google\.colab[\"']\s+in\s+sys\.modules\s*:", first), \
+        f"{path.name}: the first code cell must install diffedu only on Colab"
+    assert f"git+{url}" in first, f"{path.name}: the Colab install must use repository.url ({url}) from _config.yml"
+    assert "pick_device()" in first, f"{path.name}: the first code cell must pick the device"
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+def test_toc_lists_existing_pages_and_every_chapter():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = _toc_files(toc)
+    missing = [f for f in files if not any((ROOT / (f + ext)).exists() for ext in ("", ".md", ".ipynb"))]
+    assert not missing, f"_toc.yml lists pages that do not exist: {missing}"
+    for part in toc.get("parts", []):
+        assert part.get("chapters"), f"empty part in _toc.yml: {part.get('caption')}"
+    listed = {f.removesuffix(".ipynb") for f in files}
+    orphans = [p.name for p in CHAPTERS if f"chapters/{p.stem}" not in listed]
+    assert not orphans, f"chapters not in _toc.yml (add one line each): {orphans}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_exercise_cells_follow_the_convention(path):
+    nb = nbformat.read(path, as_version=4)
+    cells = nb.cells
+    for i, cell in enumerate(cells):
+        tags = cell.metadata.get("tags", [])
+        assert isinstance(tags, list) and all(isinstance(t, str) for t in tags), \
+            f"{path.name} cell {i}: tags must be a flat list of strings, got {tags!r}"
+        if "solution" in tags:
+            assert cell.cell_type == "code"
+            assert "# BEGIN SOLUTION" in cell.source and "# END SOLUTION" in cell.source, \
+                f"{path.name} cell {i}: a solution cell needs '# BEGIN SOLUTION' / '# END SOLUTION'"
+            assert "hide-input" in tags, f"{path.name} cell {i}: tag the solution cell 'hide-input' too"
+            nxt = next((c for c in cells[i + 1:] if c.cell_type == "code"), None)
+            assert nxt is not None and "check" in nxt.metadata.get("tags", []), \
+                f"{path.name} cell {i}: the code cell after a solution must be tagged 'check'"
