@@ -23,7 +23,6 @@ from diffedu.exercises.notebooks import (
 
 CHAPTERS = [p for p in chapter_notebooks()
             if any("solution" in c.metadata.get("tags", []) for c in nbformat.read(p, as_version=4).cells)]
-CHECKER_MODULES = {"ch01": ch01}
 
 
 # ----------------------------------------------------------------------------- diagnoses
