@@ -51,15 +51,9 @@ def pick_device(prefer: str | None = None) -> torch.device:
     ``prefer`` (or the environment variable ``DIFFEDU_DEVICE``) overrides the choice, e.g. to
     force ``"cpu"`` on a machine with a GPU. The result is returned, never stored globally.
     """
-    choice = prefer or os.environ.get("DIFFEDU_DEVICE")
-    if choice:
-        return torch.device(choice)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    from .train import resolve_device
+
+    return resolve_device(prefer or os.environ.get("DIFFEDU_DEVICE") or "auto")
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:
