@@ -214,3 +214,21 @@ def test_student_cli(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert {p.name for p in tmp_path.glob("*.ipynb")} == {p.name for p in CHAPTERS}
+
+
+# ------------------------------------------------------------------ every chapter's checkers
+@pytest.mark.parametrize("chapter", ["ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch08", "ch09"])
+def test_chapter_checkers_pass_on_references_and_fail_on_stubs_and_sign_errors(chapter):
+    import importlib
+
+    module = importlib.import_module(f"diffedu.exercises.{chapter}")
+    for ex, (checker, reference) in module.EXERCISES.items():
+        assert checker(reference).passed, ex
+
+        def stub(*args, **kwargs):
+            raise NotImplementedError
+
+        with pytest.raises(ExerciseFailed, match="not attempted"):
+            checker(stub)
+        with pytest.raises(ExerciseFailed, match="sign"):
+            checker(lambda *a, ref=reference, **k: -ref(*a, **k))

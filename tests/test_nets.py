@@ -7,13 +7,7 @@ import torch
 from diffedu.nets import MLP, UNet, sinusoidal_embedding
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets run faster on one thread, and do not stall when other jobs share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ sinusoidal embedding

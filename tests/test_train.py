@@ -12,13 +12,7 @@ from diffedu import data, train
 from diffedu.nets import MLP
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets train faster on one thread, and do not stall when other jobs share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def eps_mse(model, x0, generator):
