@@ -119,8 +119,10 @@ class Schedule:
         return self._t_from_log_snr(lam).clamp(0.0, 1.0)
 
     def coefficients(self, t):
-        """(alpha_t, sigma_t, alpha'_t, sigma'_t) at once, like a scheduler output."""
-        t = _check_t(t)
+        """(alpha_t, sigma_t, alpha'_t, sigma'_t) at once, like a scheduler output (one validation, shared work)."""
+        return self._coefficients(_check_t(t))
+
+    def _coefficients(self, t):
         return self._alpha(t), self._sigma(t), self._d_alpha(t), self._d_sigma(t)
 
     def __repr__(self):
@@ -154,6 +156,20 @@ class _VPBase(Schedule):
 
     def _d_sigma2(self, t):
         return -2 * self._alpha(t) * self._d_alpha(t)
+
+    def _log_alpha_and_derivative(self, t):
+        return self._log_alpha(t), self._d_log_alpha(t)
+
+    def _coefficients(self, t):
+        # the four from log alpha and its derivative, each computed once (same formulas as above);
+        # a subclass that redefines sigma (SubVP) is not VP and takes the generic path
+        if not self.variance_preserving:
+            return super()._coefficients(t)
+        la, dla = self._log_alpha_and_derivative(t)
+        a = torch.exp(la)
+        s = torch.sqrt((-torch.expm1(2 * la)).clamp_min(0))
+        da = a * dla
+        return a, s, da, -a * da / s
 
     def _log_snr(self, t):
         la = self._log_alpha(t)
@@ -432,6 +448,9 @@ class DiscreteSchedule(_VPBase):
 
     def _log_alpha(self, t):
         return self._interp(t)[0]
+
+    def _log_alpha_and_derivative(self, t):
+        return self._interp(t)
 
     def _d_log_alpha(self, t):
         return self._interp(t)[1]

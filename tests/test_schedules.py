@@ -30,6 +30,16 @@ def test_derivatives_match_autograd(sch):
 
 
 @pytest.mark.parametrize("sch", ALL, ids=IDS)
+def test_coefficients_equal_the_four_methods(sch):
+    # coefficients() shares work between the four (one log-alpha pass for VP); it must not change them
+    t = torch.linspace(0, 1, 257, dtype=torch.float64)
+    for got, want in zip(sch.coefficients(t), (sch.alpha(t), sch.sigma(t), sch.d_alpha(t), sch.d_sigma(t))):
+        fin = torch.isfinite(want)
+        assert torch.equal(fin, torch.isfinite(got))
+        torch.testing.assert_close(got[fin], want[fin], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sch", ALL, ids=IDS)
 def test_log_snr_monotone_and_inverse(sch):
     t = _grid()
     lam = sch.log_snr(t)
