@@ -11,8 +11,18 @@ Reference. The PF-ODE solved with scipy DOP853 at rtol = atol = 1e-10 from the s
 (:func:`diffedu.samplers.solve_pf_ode_reference`, in float64).
 
 Measured per solver and NFE (5, 10, 20, 50, 100): mean L2 distance of the final samples to the
-reference, sliced W2 to fresh data samples, solver overhead per model evaluation (wall time
-minus model time, divided by the NFE), and the order fitted on NFE 20-100.
+reference, sliced W2 to fresh data samples, and the order fitted on NFE 20-100. Solver overhead
+is measured separately, at 4096 x 2 whatever --n is: the same solver loop driven by a "null"
+model that returns a stored prediction at no cost, so the wall time is the solver's own work
+(median of 21 runs at NFE 20, divided by the number of evaluations and by the number of steps,
+grid construction included). diffedu caches the schedule table of a grid (alpha, sigma, lambda,
+stages), as when many batches are sampled on one grid; the last column clears that cache before
+every run (a new grid each time), which is what diffusers' set_timesteps always does.
+
+Grids. Each diffedu solver runs on one fixed time grid, named in its row. The grids were chosen
+by ``--sweep``, which runs every solver on five grids (uniform, t^1.5, t^2 and t^3 in t, Karras
+rho = 7) from a *different* noise seed (seed + 1), so the choice is not fitted to the noise
+scored here. diffusers' schedulers run with their default spacing (DDIM: trailing).
 
 Peers (diffusers, a benchmark-only dependency), driven by the same exact model: a scheduler's
 timestep n (fractional for Euler/Heun) is mapped to continuous time through the scheduler's own
@@ -21,6 +31,7 @@ schedulers do, then t = the time with sigma_t/alpha_t = sigma_n.
 
 Run:  python benchmarks/solvers.py            (about 5 minutes on one CPU core)
       python benchmarks/solvers.py --quick    (512 points, NFE 10/20/50: a smoke test)
+      python benchmarks/solvers.py --sweep --n 512 --nfe 10 20 50   (the grid sweep behind CHOSEN_GRIDS)
 """
 from __future__ import annotations
 
@@ -34,6 +45,19 @@ import torch
 from diffedu import metrics, schedules, toy
 from diffedu.samplers import ode
 from diffedu.samplers.grids import sigma_bar_to_t
+
+
+class NullModel:
+    """Returns one stored Prediction whatever it is asked: a model of zero cost, to time a solver's own work."""
+
+    def __init__(self, model, x):
+        self.schedule = model.schedule
+        self.out = model(x, torch.full((len(x),), 0.5, dtype=x.dtype))
+        self.nfe = 0
+
+    def __call__(self, x, t, cond=None):
+        self.nfe += 1
+        return self.out
 
 
 class CountingModel:
@@ -57,29 +81,87 @@ def _steps_for(nfe, per_step, final):
     return max(1, (nfe - final) // per_step + 1)
 
 
-def diffedu_solvers(sch):
-    """name -> (sampler, kwargs, grid(nfe))."""
-    uni = lambda k: ode.grid_uniform(k)  # noqa: E731
+#: name -> (sampler, kwargs, evaluations per step, evaluations on a final step to sigma = 0)
+SOLVER_COSTS = {
+    "euler": (ode.sample_euler, {}, 1, 1),
+    "heun": (ode.sample_heun, {}, 2, 1),
+    "heun-in-t": (ode.sample_heun_t, {}, 2, 1),
+    "dpm-solver-2": (ode.sample_dpm_solver, {"order": 2}, 2, 2),
+    "dpm-solver-3": (ode.sample_dpm_solver, {"order": 3}, 3, 2),
+    "dpm-solver++2s": (ode.sample_dpm_solver_pp_2s, {}, 2, 2),
+    "dpm-solver++2m": (ode.sample_dpm_solver_pp_2m, {}, 1, 1),
+    "dpm-solver++3m": (ode.sample_dpm_solver_pp_3m, {}, 1, 1),
+    "deis-3": (ode.sample_deis, {"order": 3}, 1, 1),
+}
+
+
+def sweep_grids(sch):
+    """grid name -> n_steps -> float64 grid ending at the data: the grids ``--sweep`` compares."""
     return {
-        "ddim (trailing)": (ode.sample_ddim, {}, lambda nfe: ode.grid_ddpm(sch, nfe, "trailing")),
-        "euler (uniform t)": (ode.sample_euler, {}, uni),
-        "heun (t^1.5)": (ode.sample_heun, {}, lambda nfe: ode.grid_power(_steps_for(nfe, 2, 1), 1.5)),
-        "dpm-solver-2 (uniform t)": (ode.sample_dpm_solver, {"order": 2}, lambda nfe: uni(_steps_for(nfe, 2, 2))),
-        "dpm-solver-3 (uniform t)": (ode.sample_dpm_solver, {"order": 3}, lambda nfe: uni(_steps_for(nfe, 3, 2))),
-        "dpm-solver++2s (uniform t)": (ode.sample_dpm_solver_pp_2s, {}, lambda nfe: uni(_steps_for(nfe, 2, 2))),
-        "dpm-solver++2m (t^2)": (ode.sample_dpm_solver_pp_2m, {}, lambda nfe: ode.grid_power(nfe, 2.0)),
-        "dpm-solver++3m (uniform t)": (ode.sample_dpm_solver_pp_3m, {}, uni),
-        "deis-3 (uniform t)": (ode.sample_deis, {"order": 3}, uni),
+        "uniform t": ode.grid_uniform,
+        "t^1.5": lambda k: ode.grid_power(k, 1.5),
+        "t^2": lambda k: ode.grid_power(k, 2.0),
+        "t^3": lambda k: ode.grid_power(k, 3.0),
+        "karras 7": lambda k: ode.grid_karras(sch, k, rho=7.0),
     }
 
 
+#: each diffedu solver's grid, chosen by --sweep on seed + 1 (see the module docstring)
+CHOSEN_GRIDS = {
+    "euler": "uniform t",
+    "heun": "uniform t",
+    "heun-in-t": "t^2",
+    "dpm-solver-2": "uniform t",
+    "dpm-solver-3": "t^1.5",
+    "dpm-solver++2s": "uniform t",
+    "dpm-solver++2m": "t^2",
+    "dpm-solver++3m": "t^2",
+    "deis-3": "t^1.5",
+}
+
+
+def _config(sch, name, grid_name):
+    fn, kw, per, final = SOLVER_COSTS[name]
+    grid = sweep_grids(sch)[grid_name]
+    return fn, kw, lambda nfe: grid(_steps_for(nfe, per, final))
+
+
+def diffedu_solvers(sch):
+    """name -> (sampler, kwargs, grid(nfe)): DDIM on diffusers' trailing grid, then every solver on its chosen grid."""
+    out = {"ddim (trailing)": (ode.sample_ddim, {}, lambda nfe: ode.grid_ddpm(sch, nfe, "trailing"))}
+    for name, grid_name in CHOSEN_GRIDS.items():
+        out[f"{name} ({grid_name})"] = _config(sch, name, grid_name)
+    return out
+
+
+def overhead_ms(run, model, n=4096, repeats=21):
+    """Solver overhead of ``run(null_model, x)`` at n x 2, median of ``repeats`` timed runs, in ms:
+    (per evaluation, per step) when the grid's table is cached (a second batch on the same grid), and
+    per step when it is not (a new grid: diffedu's cache is cleared before each run)."""
+    x = torch.randn(n, 2, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
+    null = NullModel(model, x)
+    run(null, x)  # warm-up
+    out = {}
+    for fresh in (False, True):
+        walls = []
+        for _ in range(repeats):
+            null.nfe = 0
+            if fresh:
+                ode._TABLES.clear()
+            t0 = time.perf_counter()
+            steps = run(null, x)
+            walls.append(time.perf_counter() - t0)
+        out[fresh] = (float(np.median(walls)), null.nfe, steps)
+    (wall, nfe, steps), (wall_new, _, _) = out[False], out[True]
+    return 1e3 * wall / nfe, 1e3 * wall / steps, 1e3 * wall_new / steps
+
+
 def run_diffedu(model, noise, fn, kw, ts):
+    """(final samples, number of model evaluations, number of solver steps)."""
     m = CountingModel(model)
-    t0 = time.perf_counter()
     with torch.no_grad():
         out = fn(m, noise.clone(), ts, **kw)
-    wall = time.perf_counter() - t0
-    return out, m.nfe, (wall - m.seconds) / m.nfe
+    return out, m.nfe, len(ts) - 1
 
 
 # ------------------------------------------------------------------------------------------ diffusers
@@ -118,19 +200,18 @@ class TimestepAdapter:
 
 
 def run_peer(model, noise, make, n_steps, adapter):
+    """(final samples, number of model evaluations, number of solver steps); ``adapter=None`` (timing runs) passes t = 0.5."""
     sched = make()
     sched.set_timesteps(n_steps)
     m = CountingModel(model)
-    t0 = time.perf_counter()
     with torch.no_grad():
         x = noise.clone() * float(sched.init_noise_sigma)
         for n in sched.timesteps:
             xin = sched.scale_model_input(x, n)
-            t = adapter(float(n))
+            t = adapter(float(n)) if adapter is not None else 0.5
             eps = m(xin, torch.full((len(x),), t, dtype=xin.dtype)).eps.to(xin.dtype)
             x = sched.step(eps, n, x).prev_sample
-    wall = time.perf_counter() - t0
-    return x.to(noise.dtype), m.nfe, (wall - m.seconds) / m.nfe
+    return x.to(noise.dtype), m.nfe, n_steps
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -142,6 +223,26 @@ def fit_order(nfes, errs):
     return -np.polyfit(np.log(n), np.log(e), 1)[0]
 
 
+def sweep(model, sch, args):
+    """Error of every (solver, grid) pair at each NFE, from noise of seed + 1; best grid = least mean log error over NFE >= 10."""
+    noise = torch.randn(args.n, 2, generator=torch.Generator().manual_seed(args.seed + 1), dtype=torch.float64)
+    ref = ode.solve_pf_ode_reference(model, noise, 1.0, 0.0, rtol=1e-10, atol=1e-10)
+    nfes = [n for n in args.nfe if n >= 10] or args.nfe
+    print(f"grid sweep, seed {args.seed + 1}, {args.n} points: mean L2 to the reference at NFE {nfes}")
+    best = {}
+    for name in SOLVER_COSTS:
+        scores = {}
+        for grid_name in sweep_grids(sch):
+            fn, kw, grid = _config(sch, name, grid_name)
+            errs = [float((run_diffedu(model, noise, fn, kw, grid(n))[0] - ref).norm(dim=1).mean()) for n in nfes]
+            scores[grid_name] = float(np.mean(np.log(errs)))
+            print(f"  {name:16s} {grid_name:10s}" + "".join(f"{e:11.2e}" for e in errs), flush=True)
+        best[name] = min(scores, key=scores.get)
+    print("\nbest grid per solver:", best)
+    print("CHOSEN_GRIDS in this file:", CHOSEN_GRIDS, "(same)" if best == CHOSEN_GRIDS else "(DIFFERENT)")
+    return best
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=4096, help="number of samples (default 4096)")
@@ -149,6 +250,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="512 points, NFE 10 20 50")
+    ap.add_argument("--sweep", action="store_true",
+                    help="run every diffedu solver on every grid of sweep_grids from seed + 1 and print each one's best grid")
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.nfe = 512, [10, 20, 50]
@@ -164,42 +267,50 @@ def main(argv=None):
     print(f"reference: DOP853 rtol=atol=1e-10 in {time.perf_counter() - t0:.1f}s; "
           f"sliced W2(reference, data) = {float(metrics.sliced_wasserstein(ref, data, generator=torch.Generator().manual_seed(1))):.4f}")
 
-    results = {}  # name -> {nfe: (err, sw2, overhead_ms, actual_nfe)}
+    if args.sweep:
+        return sweep(model, sch, args)
+    results = {}  # name -> {nfe: (err, sw2, actual_nfe)}
+    overheads = {}  # name -> ms per evaluation, per step, per step on a new grid: NFE 20, null model, 4096 x 2
     sw_gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
 
-    def record(name, nfe, out, used, over):
+    def record(name, nfe, out, used):
         err = float((out - ref).norm(dim=1).mean())
         sw = float(metrics.sliced_wasserstein(out, data, generator=sw_gen()))
-        results.setdefault(name, {})[nfe] = (err, sw, 1e3 * over, used)
+        results.setdefault(name, {})[nfe] = (err, sw, used)
 
     for name, (fn, kw, grid) in diffedu_solvers(sch).items():
         for nfe in args.nfe:
-            out, used, over = run_diffedu(model, noise, fn, kw, grid(nfe))
-            record("diffedu " + name, nfe, out, used, over)
+            out, used, _ = run_diffedu(model, noise, fn, kw, grid(nfe))
+            record("diffedu " + name, nfe, out, used)
+        overheads["diffedu " + name] = overhead_ms(lambda m, x: run_diffedu(m, x, fn, kw, grid(20))[2], model)
         print("done", name, flush=True)
     peers = diffusers_peers()
     adapter = TimestepAdapter(sch)
     for name, (make, steps) in peers.items():
         for nfe in args.nfe:
-            out, used, over = run_peer(model, noise, make, steps(nfe), adapter)
-            record("diffusers " + name, nfe, out, used, over)
+            out, used, _ = run_peer(model, noise, make, steps(nfe), adapter)
+            record("diffusers " + name, nfe, out, used)
+        overheads["diffusers " + name] = overhead_ms(lambda m, x: run_peer(m, x, make, steps(20), None)[2], model)
         print("done", name, flush=True)
 
     # --- table
-    print("\nmean L2 to the DOP853 reference [sliced W2 to data] (actual NFE); overhead ms/eval; fitted order (NFE 20-100)")
-    head = f"{'solver':44s}" + "".join(f"{'NFE ' + str(n):>22s}" for n in args.nfe) + f"{'ms/eval':>9s}{'order':>7s}"
+    print("\nmean L2 to the DOP853 reference [sliced W2 to data] (actual NFE); fitted order (NFE 20-100);\n"
+          "solver overhead at NFE 20 with a zero-cost model, 4096 x 2, median of 21: ms per evaluation, ms per step,\n"
+          "ms per step on a new grid (diffedu caches a grid's schedule table; diffusers rebuilds it in set_timesteps)")
+    head = (f"{'solver':44s}" + "".join(f"{'NFE ' + str(n):>22s}" for n in args.nfe)
+            + f"{'order':>7s}{'ms/eval':>9s}{'ms/step':>9s}{'new grid':>9s}")
     print(head)
     for name, row in results.items():
-        cells = "".join(f"{row[n][0]:10.2e} [{row[n][1]:.3f}]({row[n][3]:3d})" for n in args.nfe)
-        over = np.median([row[n][2] for n in args.nfe])
-        order = fit_order([row[n][3] for n in args.nfe if n >= 20], [row[n][0] for n in args.nfe if n >= 20])
-        print(f"{name:44s}{cells}{over:9.3f}{order:7.2f}")
+        cells = "".join(f"{row[n][0]:10.2e} [{row[n][1]:.3f}]({row[n][2]:3d})" for n in args.nfe)
+        order = fit_order([row[n][2] for n in args.nfe if n >= 20], [row[n][0] for n in args.nfe if n >= 20])
+        per_eval, per_step, per_step_new = overheads[name]
+        print(f"{name:44s}{cells}{order:7.2f}{per_eval:9.3f}{per_step:9.3f}{per_step_new:9.3f}")
 
     # --- ratios: best deterministic diffedu vs best peer (only runs within the NFE budget)
     print("\nratio best diffedu error / best diffusers error at each NFE")
     for n in args.nfe:
-        ours = {k: v[n][0] for k, v in results.items() if k.startswith("diffedu") and v[n][3] <= n}
-        peer = {k: v[n][0] for k, v in results.items() if k.startswith("diffusers") and v[n][3] <= n}
+        ours = {k: v[n][0] for k, v in results.items() if k.startswith("diffedu") and v[n][2] <= n}
+        peer = {k: v[n][0] for k, v in results.items() if k.startswith("diffusers") and v[n][2] <= n}
         bo, bp = min(ours, key=ours.get), min(peer, key=peer.get)
         print(f"NFE {n:3d}: {ours[bo]:.2e} ({bo}) / {peer[bp]:.2e} ({bp}) = {ours[bo] / peer[bp]:.3f}")
 

@@ -46,6 +46,10 @@ def test_committed_without_outputs(path):
              if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
     assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; run `make strip`"
     assert "widgets" not in nb.metadata, f"{path.name}: saved widget state; run `make strip`"
+    # nbformat 4.5 cells carry unique ids (a missing one is a MissingIDFieldWarning now, an error in future nbformat)
+    import json
+    ids = [c.get("id") for c in json.loads(path.read_text())["cells"]]
+    assert None not in ids and len(set(ids)) == len(ids), f"{path.name}: cells without a unique id; run nbformat.validator.normalize"
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
