@@ -55,7 +55,21 @@ def _from_eps(eps, x, t, schedule) -> Prediction:
     return Prediction(x0=to_x0(eps, "eps", x, t, schedule), eps=eps, x_t=x, t=t, schedule=schedule)
 
 
-class ClassifierFreeGuidance(nn.Module):
+class _Guided(nn.Module):
+    """Base of the guidance wrappers: a wrapped ``self.model`` whose schedule they share, so every
+    sampler accepts them (the model contract ``forward(x_t, t, cond) -> Prediction``, monograph §6.3)."""
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.model.schedule
+
+    @staticmethod
+    def _checked_time(x_t: torch.Tensor, t) -> torch.Tensor:
+        check_data(x_t, "x_t")
+        return check_time(t, x_t)
+
+
+class ClassifierFreeGuidance(_Guided):
     """Classifier-free guidance (Ho & Salimans 2022; monograph §8.2): eps_w = (1 + w) eps(x, t, c) - w eps(x, t, null).
 
     ``model`` is trained with label dropout (:func:`drop_labels`), so ``model(x, t, null_label)``
@@ -72,13 +86,8 @@ class ClassifierFreeGuidance(nn.Module):
             raise ValueError(f"null_label: expected the non-negative integer label meaning 'unconditional', got {null_label!r}")
         self.null_label = null_label
 
-    @property
-    def schedule(self) -> Schedule:
-        return self.model.schedule
-
     def forward(self, x_t: torch.Tensor, t, cond=None) -> Prediction:
-        check_data(x_t, "x_t")
-        t = check_time(t, x_t)
+        t = self._checked_time(x_t, t)
         if cond is None:
             raise ValueError("cond: classifier-free guidance needs class labels (B,); pass null_label for unconditional")
         cond = _check_labels(cond, x_t)
@@ -87,7 +96,7 @@ class ClassifierFreeGuidance(nn.Module):
         return _from_eps((1 + self.w) * e_c - self.w * e_u, x_t, t, self.schedule)
 
 
-class ClassifierGuidance(nn.Module):
+class ClassifierGuidance(_Guided):
     """Classifier guidance (Dhariwal & Nichol 2021; monograph §8.1): score + w grad_x log p_t(c | x).
 
     ``classifier(x_t, t)`` returns log-probabilities or logits (B, C) of a *noise-aware*
@@ -103,10 +112,6 @@ class ClassifierGuidance(nn.Module):
             raise TypeError(f"classifier: expected a callable (x_t, t) -> logits (B, C), got {type(classifier).__name__}")
         self.classifier, self.w = classifier, _check_scale(w)
 
-    @property
-    def schedule(self) -> Schedule:
-        return self.model.schedule
-
     def class_grad(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """grad_x log p_t(c | x) at (x_t, t) by autograd (log_softmax makes logits and log-probs alike)."""
         with torch.enable_grad():
@@ -117,8 +122,7 @@ class ClassifierGuidance(nn.Module):
         return grad
 
     def forward(self, x_t: torch.Tensor, t, cond=None) -> Prediction:
-        check_data(x_t, "x_t")
-        t = check_time(t, x_t)
+        t = self._checked_time(x_t, t)
         if cond is None:
             raise ValueError("cond: classifier guidance needs the target class labels (B,)")
         cond = _check_labels(cond, x_t)
@@ -127,7 +131,7 @@ class ClassifierGuidance(nn.Module):
         return _from_eps(base.eps - self.w * sigma * self.class_grad(x_t, t, cond), x_t, t, self.schedule)
 
 
-class DPSGuidance(nn.Module):
+class DPSGuidance(_Guided):
     """Diffusion posterior sampling (Chung et al. 2023; monograph §8.3): training-free guidance for y = A(x0) + noise.
 
     The intractable likelihood p_t(y | x_t) is replaced by p(y | x0_hat(x_t)) with Tweedie's
@@ -153,13 +157,8 @@ class DPSGuidance(nn.Module):
         self.forward_op, self.y, self.noise_std, self.zeta = forward_op, y, float(noise_std), _check_scale(zeta, "zeta")
         self.normalized = bool(normalized)
 
-    @property
-    def schedule(self) -> Schedule:
-        return self.model.schedule
-
     def forward(self, x_t: torch.Tensor, t, cond=None) -> Prediction:
-        check_data(x_t, "x_t")
-        t = check_time(t, x_t)
+        t = self._checked_time(x_t, t)
         with torch.enable_grad():
             xg = x_t.detach().requires_grad_(True)
             p = self.model(xg, t, cond)

@@ -94,16 +94,7 @@ def sample_euler_maruyama(model, x: torch.Tensor, ts, *, cond=None, generator: O
     ``denoise=True`` the final x is replaced by the model's E[x0 | x] at ts[-1] (Tweedie,
     monograph §3.3), the usual last "denoising step". ``callback(i, x_s, prediction)`` after each step.
     """
-    check_data(x, "x")
-    _check_model(model)
-    ts = check_grid(ts)
-    for i in _loop(ts, progress, "reverse SDE"):
-        x, pred = reverse_sde_step(model, x, float(ts[i]), float(ts[i + 1]), cond=cond, generator=generator)
-        if callback is not None:
-            callback(i, x, pred)
-    if denoise:
-        x = model(x, _times(ts[-1], x), cond).x0
-    return x
+    return _reverse_sde_loop(model, x, ts, 0, 0.0, cond, generator, denoise, callback, progress, "reverse SDE")
 
 
 def sample_pc(model, x: torch.Tensor, ts, *, snr: float = 0.16, n_corrector: int = 1, cond=None,
@@ -115,13 +106,19 @@ def sample_pc(model, x: torch.Tensor, ts, *, snr: float = 0.16, n_corrector: int
     Euler-Maruyama predictor step of the reverse SDE to t_{i+1} — the order of the Score SDE
     reference code. ``denoise`` and ``callback`` as in :func:`sample_euler_maruyama`.
     """
+    check_positive(snr, "snr")
+    if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
+        raise ValueError(f"n_corrector: expected a non-negative int, got {n_corrector!r}")
+    return _reverse_sde_loop(model, x, ts, n_corrector, snr, cond, generator, denoise, callback, progress,
+                             "predictor-corrector")
+
+
+def _reverse_sde_loop(model, x, ts, n_corrector, snr, cond, generator, denoise, callback, progress, desc):
+    """Shared loop of both samplers: ``n_corrector`` Langevin steps at t_i, then one Euler-Maruyama step to t_{i+1}."""
     check_data(x, "x")
     _check_model(model)
     ts = check_grid(ts)
-    check_positive(snr, "snr")
-    if not isinstance(n_corrector, int) or n_corrector < 0:
-        raise ValueError(f"n_corrector: expected a non-negative int, got {n_corrector!r}")
-    for i in _loop(ts, progress, "predictor-corrector"):
+    for i in _loop(ts, progress, desc):
         for _ in range(n_corrector):
             x = langevin_corrector_step(model, x, float(ts[i]), snr=snr, cond=cond, generator=generator)
         x, pred = reverse_sde_step(model, x, float(ts[i]), float(ts[i + 1]), cond=cond, generator=generator)
