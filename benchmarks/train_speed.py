@@ -5,7 +5,7 @@ measures it: the toy MLP (width 128, 3 hidden layers), batch 512, Adam, EMA and 
 clipping, eps-prediction MSE on eight Gaussians on a ring (monograph §2.2), on 2 torch threads.
 It times
 
-* ``diffedu.train.fit`` — the loop every chapter uses, and
+* ``diffedu.engine.fit`` — the loop every chapter uses, and
 * the same loop written out as bare PyTorch (same model, loss, optimiser, clipping and EMA),
 
 each as the median over ``--repeats`` runs of ``--steps`` steps, and prints seconds per 1000
@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffedu import data, nets, train  # noqa: E402
+from diffedu import data, engine, nets  # noqa: E402
 
 TARGET_S_PER_1000 = 3.5  # on the project's 2-core reference machine
 
@@ -51,13 +51,13 @@ def make_loss(inline: bool = False):
     """eps-prediction MSE with the VP cosine schedule (monograph §2.2): per-example (B,).
 
     Returns ``(wrap, loss_fn, name)``: ``wrap(net)`` is the model that is trained and
-    ``loss_fn(model, x0, generator)`` its loss — ``diffedu.losses.denoising_loss`` on a
+    ``loss_fn(model, x0, generator)`` its loss — ``diffedu.objectives.denoising_loss`` on a
     ``diffedu.param.Denoiser`` when those exist, else the same loss written inline.
     """
     try:
         if inline:
             raise ImportError("--inline-loss given")
-        from diffedu import losses, param, schedules
+        from diffedu import objectives, param, schedules
 
         schedule = schedules.VPCosine()
 
@@ -65,13 +65,13 @@ def make_loss(inline: bool = False):
             return param.Denoiser(net, schedule, "eps")
 
         def loss_fn(model, x0, generator):
-            return losses.denoising_loss(model, x0, generator=generator)
+            return objectives.denoising_loss(model, x0, generator=generator)
 
         loss_fn(wrap(nets.MLP()), torch.randn(4, 2), torch.Generator().manual_seed(0))  # API check
-        return wrap, loss_fn, "diffedu.losses.denoising_loss (eps, VPCosine)"
+        return wrap, loss_fn, "diffedu.objectives.denoising_loss (eps, VPCosine)"
     except Exception as err:  # pragma: no cover - fallback while the losses module changes
         if not inline:
-            print(f"(diffedu.losses unavailable: {type(err).__name__}: {err}; using an inline loss)")
+            print(f"(diffedu.objectives.denoising unavailable: {type(err).__name__}: {err}; using an inline loss)")
 
     def loss_fn(model, x0, generator):
         # x_t = alpha_t x0 + sigma_t eps with alpha_t = cos(pi t / 2), sigma_t = sin(pi t / 2)
@@ -89,7 +89,7 @@ def run_fit(x, wrap, loss_fn, steps, batch_size):
     model = wrap(nets.MLP(dim=2, hidden=128, depth=3))
     stream = data.batches(x, batch_size, generator=1)
     t0, c0 = time.perf_counter(), time.process_time()
-    train.fit(model, loss_fn, stream, steps=steps, lr=1e-3, ema_decay=0.999, grad_clip=1.0, seed=2, device="cpu", progress=False)
+    engine.fit(model, loss_fn, stream, steps=steps, lr=1e-3, ema_decay=0.999, grad_clip=1.0, seed=2, device="cpu", progress=False)
     return time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=512)
-    ap.add_argument("--inline-loss", action="store_true", help="use the plain-torch loss, not diffedu.losses")
+    ap.add_argument("--inline-loss", action="store_true", help="use the plain-torch loss, not diffedu.objectives.denoising")
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.steps < 1:
         ap.error("--repeats and --steps must be positive")
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     print(f"toy MLP (2 -> 128 x 3 -> 2), batch {args.batch_size}, Adam + EMA + grad clip, {loss_name}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
           f"{args.repeats} repeats of {args.steps} steps; load average before: {load_before:.2f}, after: {load:.2f}")
-    for name, runs in [("diffedu.train.fit", fit_times), ("bare PyTorch loop", bare_times)]:
+    for name, runs in [("diffedu.engine.fit", fit_times), ("bare PyTorch loop", bare_times)]:
         print(f"{name:17s} : {med(runs, 0):.3f} s / 1000 steps wall (median; runs: "
               f"{', '.join(f'{r[0] * scale:.3f}' for r in runs)}); CPU time {med(runs, 1):.3f} s")
     print(f"overhead fit / bare: {fit_med / bare_med:.3f}x (wall), {med(fit_times, 1) / med(bare_times, 1):.3f}x (CPU time)")

@@ -10,8 +10,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
-from ._checks import append_dims, check_data, check_kind, check_like, check_time
-from .schedules import Schedule
+from diffedu._checks import append_dims, check_data, check_kind, check_like, check_time
+from diffedu.schedules import Schedule
 
 __all__ = ["NoisySample", "add_noise", "sample_times", "independent_coupling", "ot_coupling"]
 

@@ -22,10 +22,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._checks import append_dims, check_data, check_time
-from .param import Prediction, to_x0
-from .schedules import Schedule, VPLinear
-from .toy import GaussianMixture
+from diffedu._checks import append_dims, check_data, check_time
+from diffedu.param import Prediction, to_x0
+from diffedu.schedules import Schedule, VPLinear
+from diffedu.toy import GaussianMixture
 
 __all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "DPSGuidance", "cfg", "classifier_guidance", "drop_labels",
            "tilted_log_prob", "sample_tilted", "linear_gaussian_posterior"]

@@ -51,7 +51,7 @@ def pick_device(prefer: str | None = None) -> torch.device:
     ``prefer`` (or the environment variable ``DIFFEDU_DEVICE``) overrides the choice, e.g. to
     force ``"cpu"`` on a machine with a GPU. The result is returned, never stored globally.
     """
-    from .train import resolve_device
+    from diffedu.engine.loop import resolve_device
 
     return resolve_device(prefer or os.environ.get("DIFFEDU_DEVICE") or "auto")
 

@@ -26,8 +26,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ._checks import append_dims, check_data, check_kind, check_like, check_time
-from .schedules import Schedule
+from diffedu._checks import append_dims, check_data, check_kind, check_like, check_time
+from diffedu.schedules import Schedule
 
 __all__ = ["KINDS", "target_coefficients", "to_x0", "to_eps", "from_x0_eps", "convert", "Prediction", "Denoiser"]
 

@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_positive
+from diffedu._checks import check_positive
 
 __all__ = [
     "Schedule",

@@ -12,8 +12,8 @@ from typing import Optional
 
 import torch
 
-from ._checks import append_dims, check_data, check_like, check_time
-from .schedules import Schedule
+from diffedu._checks import append_dims, check_data, check_like, check_time
+from diffedu.schedules import Schedule
 
 __all__ = ["drift_coef", "diffusion_sq", "forward_drift", "reverse_sde_drift", "pf_ode_velocity",
            "simulate_forward_sde"]

@@ -21,9 +21,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ._checks import append_dims, check_data, check_time
-from .param import Prediction
-from .schedules import Schedule
+from diffedu._checks import append_dims, check_data, check_time
+from diffedu.param import Prediction
+from diffedu.schedules import Schedule
 
 __all__ = ["GaussianMixture", "ExactDenoiser", "eight_gaussians", "labelled_mixture", "gaussian",
            "empirical_mixture", "two_moons", "checkerboard", "swiss_roll", "spirals", "DATASETS", "sample_dataset"]

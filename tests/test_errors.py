@@ -4,7 +4,7 @@ import torch
 
 from diffedu import param, schedules as S, sde, toy
 from diffedu.forward import add_noise, sample_times
-from diffedu.losses import denoising_loss, loss_weight
+from diffedu.objectives.denoising import denoising_loss, loss_weight
 from diffedu.metrics import sliced_wasserstein
 from diffedu.param import Denoiser
 

@@ -28,7 +28,7 @@ def gaussian_log_prob(x):
 
 
 def test_importing_diffedu_does_not_import_matplotlib():
-    code = "import sys, diffedu, diffedu.viz, diffedu.nets, diffedu.data, diffedu.train; assert 'matplotlib' not in sys.modules"
+    code = "import sys, diffedu, diffedu.viz, diffedu.nets, diffedu.data, diffedu.engine; assert 'matplotlib' not in sys.modules"
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env)

@@ -19,8 +19,8 @@ from typing import Callable
 
 import torch
 
-from .._checks import append_dims
-from ..schedules import VEGeometric, VPCosine, VPLinear
+from diffedu._checks import append_dims
+from diffedu.schedules import VEGeometric, VPCosine, VPLinear
 from .core import Case, CheckResult, check, seeded
 
 __all__ = ["posterior_mean", "elbo_step_kl", "ancestral_step", "learned_log_variance",

@@ -19,8 +19,8 @@ from typing import Callable
 
 import torch
 
-from .._checks import append_dims
-from ..schedules import VEGeometric, VPCosine, VPLinear
+from diffedu._checks import append_dims
+from diffedu.schedules import VEGeometric, VPCosine, VPLinear
 from .core import Case, CheckResult, check, seeded
 
 __all__ = ["dsm_target", "langevin_step", "tweedie", "hutchinson_probe",

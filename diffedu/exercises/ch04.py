@@ -16,8 +16,8 @@ from typing import Callable
 
 import torch
 
-from .._checks import append_dims
-from ..likelihood import divergence_hutchinson
+from diffedu._checks import append_dims
+from diffedu.likelihood.ode import divergence_hutchinson
 from .core import Case, CheckResult, check, seeded
 
 __all__ = ["vp_reverse_drift", "euler_maruyama_step", "hutchinson_divergence", "bits_per_dim",

@@ -14,8 +14,8 @@ from typing import Callable
 
 import torch
 
-from .._checks import append_dims
-from ..edm import edm_preconditioning
+from diffedu._checks import append_dims
+from diffedu.objectives.edm import edm_preconditioning
 from .core import Case, CheckResult, check, seeded
 
 __all__ = ["velocity_to_x0", "edm_skip_out_in", "vp_to_rectified_flow", "check_velocity_to_x0",
@@ -43,7 +43,7 @@ def vp_to_rectified_flow(x_t, alpha, sigma):
 
 
 def _coef_cases(seed, with_v=True):
-    from ..schedules import VPCosine, VPLinear, RectifiedFlow
+    from diffedu.schedules import VPCosine, VPLinear, RectifiedFlow
 
     g = seeded(seed)
     cases = []

@@ -19,9 +19,9 @@ from typing import Callable
 
 import torch
 
-from .._checks import append_dims
-from ..schedules import VEGeometric, VPCosine, VPLinear
-from ..toy import labelled_mixture
+from diffedu._checks import append_dims
+from diffedu.schedules import VEGeometric, VPCosine, VPLinear
+from diffedu.toy import labelled_mixture
 from .core import Case, CheckResult, check, seeded
 
 __all__ = ["cfg_eps", "classifier_guided_eps", "tilted_score", "gaussian_posterior_mean",

@@ -19,8 +19,8 @@ from typing import Callable
 
 import torch
 
-from .._checks import append_dims
-from ..schedules import DiscreteSchedule, VPCosine, VPLinear
+from diffedu._checks import append_dims
+from diffedu.schedules import DiscreteSchedule, VPCosine, VPLinear
 from .core import Case, CheckResult, check, seeded
 
 __all__ = ["ddim_step", "log_snr_grid", "dpm_pp_2m_step",

@@ -5,8 +5,8 @@ q(x_s | x_t, x0) with the unknown x0 replaced by the model's estimate x0_hat(x_t
 
     x_s = c_x0 x0_hat + c_xt x_t + sqrt(var) z,     z ~ N(0, I),
 
-with (c_x0, c_xt, tilde-beta) from :func:`diffedu.elbo.posterior_coefficients`. The grid is any
-float64 grid from noise to data; on the 1000-step DDPM grid (:func:`diffedu.elbo.ddpm_time_grid`)
+with (c_x0, c_xt, tilde-beta) from :func:`diffedu.objectives.elbo.posterior_coefficients`. The grid is any
+float64 grid from noise to data; on the 1000-step DDPM grid (:func:`diffedu.objectives.elbo.ddpm_time_grid`)
 this is exactly Ho et al.'s update x_{n-1} = (x_n - beta_n / sqrt(1 - abar_n) eps_hat) / sqrt(1 - beta_n)
 + sqrt(tilde-beta_n) z (tested).
 """
@@ -16,8 +16,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .._checks import append_dims, check_data, check_kind
-from ..elbo import VARIANCES, reverse_kernel
+from diffedu._checks import append_dims, check_data, check_kind
+from diffedu.objectives.elbo import VARIANCES, reverse_kernel
 from .grids import check_grid
 
 __all__ = ["ancestral_step", "sample_ancestral"]
@@ -54,7 +54,7 @@ def sample_ancestral(model, x: torch.Tensor, ts, *, variance: str = "posterior",
     ``model(x_t, t, cond) -> Prediction`` with ``model.schedule`` (any schedule; VP for DDPM);
     ``x`` is the starting noise at ts[0] (e.g. ``torch.randn(...)`` for a VP schedule at t = 1).
     ``variance``: ``"posterior"`` (tilde-beta), ``"beta"`` (sigma_{t|s}^2) or ``"learned"``
-    (:class:`diffedu.elbo.LearnedVarianceDenoiser`). Ending the grid at 0 returns the final
+    (:class:`diffedu.objectives.elbo.LearnedVarianceDenoiser`). Ending the grid at 0 returns the final
     denoised mean. ``callback(i, x_s, prediction)`` is called after every step.
     """
     check_data(x, "x")

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from ..schedules import DiscreteSchedule, Schedule
+from diffedu.schedules import DiscreteSchedule, Schedule
 
 __all__ = ["grid_uniform", "grid_power", "grid_log_snr", "grid_karras", "grid_ddpm", "check_grid", "sigma_bar_to_t"]
 

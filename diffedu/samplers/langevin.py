@@ -19,7 +19,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from .._checks import append_dims, check_data, check_like, check_positive, check_time
+from diffedu._checks import append_dims, check_data, check_like, check_positive, check_time
 from .grids import check_grid
 
 __all__ = ["langevin_step", "sample_langevin", "sample_annealed_langevin", "score_function"]

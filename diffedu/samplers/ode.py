@@ -50,9 +50,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .._checks import check_data
-from ..param import Prediction
-from ..schedules import Schedule
+from diffedu._checks import check_data
+from diffedu.param import Prediction
+from diffedu.schedules import Schedule
 from .grids import check_grid, grid_ddpm, grid_karras, grid_log_snr, grid_power, grid_uniform, sigma_bar_to_t
 
 __all__ = [

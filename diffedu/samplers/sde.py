@@ -19,8 +19,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .._checks import check_data, check_positive
-from ..sde import diffusion_sq, drift_coef
+from diffedu._checks import check_data, check_positive
+from diffedu.sde import diffusion_sq, drift_coef
 from .grids import check_grid
 
 __all__ = ["reverse_sde_step", "langevin_corrector_step", "sample_euler_maruyama", "sample_pc"]
