@@ -11,7 +11,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["append_dims", "check_data", "check_time", "check_like", "check_kind", "check_positive"]
+__all__ = ["append_dims", "check_data", "check_time", "check_like", "check_kind", "check_positive", "check_schedule",
+           "check_model"]
 
 
 def append_dims(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -112,3 +113,27 @@ def check_positive(value, name: str, *, strict: bool = True, upper=None) -> floa
     if upper is not None and v >= upper:
         raise ValueError(f"{name}: expected a value below {upper}, got {value!r}")
     return v
+
+
+def check_schedule(schedule, name: str = "schedule"):
+    """The one schedule check: ``schedule`` must be a :class:`diffedu.schedules.Schedule` (monograph §2.2, §6.1)."""
+    from diffedu.schedules import Schedule  # schedules imports this module
+
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"{name}: expected a diffedu.schedules.Schedule (e.g. VPLinear()), got {type(schedule).__name__}")
+    return schedule
+
+
+def check_model(model, name: str = "model"):
+    """The one model-contract check: ``model(x_t, t, cond) -> Prediction`` with a Schedule at ``model.schedule`` (monograph §6.1).
+
+    A trained :class:`diffedu.param.Denoiser`, the exact ``toy.GaussianMixture(...).denoiser(schedule)``
+    and every guidance or distillation wrapper satisfy it.
+    """
+    from diffedu.schedules import Schedule
+
+    if not callable(model) or not isinstance(getattr(model, "schedule", None), Schedule):
+        raise TypeError(f"{name}: expected the model contract model(x_t, t, cond) -> Prediction with a diffedu "
+                        f"Schedule at {name}.schedule (e.g. param.Denoiser(net, schedule, 'eps')), "
+                        f"got {type(model).__name__}")
+    return model

@@ -10,10 +10,11 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
-from diffedu._checks import append_dims, check_data, check_kind, check_like, check_time
+from diffedu._checks import append_dims, check_data, check_kind, check_like, check_schedule, check_time
 from diffedu.schedules import Schedule
 
-__all__ = ["NoisySample", "add_noise", "sample_times", "independent_coupling", "ot_coupling"]
+__all__ = ["NoisySample", "add_noise", "sample_times", "independent_coupling", "ot_coupling",
+           "transition", "posterior_coefficients", "posterior", "VARIANCES", "reverse_log_variance", "reverse_kernel"]
 
 
 class NoisySample(NamedTuple):
@@ -32,8 +33,7 @@ def add_noise(schedule: Schedule, x0: torch.Tensor, t, eps: Optional[torch.Tenso
     ``t`` is a float or a (B,) tensor in [0, 1]; ``eps`` defaults to fresh standard normal noise
     drawn with ``generator`` on x0's device.
     """
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule: expected a diffedu.schedules.Schedule, got {type(schedule).__name__}")
+    check_schedule(schedule)
     check_data(x0, "x0")
     t = check_time(t, x0).to(x0.dtype)
     if eps is None:
@@ -90,3 +90,133 @@ def ot_coupling(x0: torch.Tensor, x1: torch.Tensor):
     cost = torch.cdist(x0.reshape(len(x0), -1).double(), x1.reshape(len(x1), -1).double()).pow(2)
     _, cols = linear_sum_assignment(cost.cpu().numpy())
     return x0, x1[torch.as_tensor(np.asarray(cols), device=x1.device)]
+
+
+# ------------------------------------------- forward transition q(x_t | x_s) and posterior q(x_s | x_t, x0)
+def _time(t, like, name):
+    """A time as a 0-d or (B,) float64 tensor on like's device, not expanded (coefficients stay cheap)."""
+    t = check_time(t, None, name)
+    if like is not None:
+        if t.ndim == 1 and t.shape[0] != like.shape[0]:
+            raise ValueError(f"{name}: expected a scalar or shape ({like.shape[0]},) to match the batch, got {tuple(t.shape)}")
+        t = t.to(like.device)
+    return t.to(torch.float64)
+
+
+def _pair(t, s, like: Optional[torch.Tensor] = None):
+    """Validate a pair of times s < t (float64 internally, as the grids are)."""
+    t, s = _time(t, like, "t"), _time(s, like, "s")
+    if t.shape != s.shape:
+        t, s = torch.broadcast_tensors(t, s)
+    if (s >= t).any():
+        raise ValueError("s, t: expected s < t (s is the less noisy, earlier time; t = 0 data, t = 1 noise)")
+    return t, s
+
+
+def transition(schedule: Schedule, t, s):
+    """(alpha_{t|s}, sigma_{t|s}^2) of q(x_t | x_s) = N(alpha_{t|s} x_s, sigma_{t|s}^2 I), s < t (monograph §2.2).
+
+    alpha_{t|s} = alpha_t / alpha_s and sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2, computed in
+    float64. For DDPM, one grid step gives (sqrt(1 - beta_n), beta_n).
+    """
+    check_schedule(schedule)
+    t, s = _pair(t, s)
+    a_t, s_t, a_s, s_s = schedule.alpha(t), schedule.sigma(t), schedule.alpha(s), schedule.sigma(s)
+    a_ts = a_t / a_s
+    var_ts = (s_t**2 - a_ts**2 * s_s**2).clamp_min(0)
+    return a_ts, var_ts
+
+
+def posterior_coefficients(schedule: Schedule, t, s):
+    """(c_x0, c_xt, var) with q(x_s | x_t, x0) = N(c_x0 x0 + c_xt x_t, var I) for s < t (monograph §2.2).
+
+    c_x0 = alpha_s sigma_{t|s}^2 / sigma_t^2, c_xt = alpha_{t|s} sigma_s^2 / sigma_t^2,
+    var = sigma_{t|s}^2 sigma_s^2 / sigma_t^2 (DDPM's tilde-beta). Where sigma_s = 0 (s = 0 of a VP
+    schedule): (1, 0, 0), the point mass at x0.
+    Float64 tensors of the broadcast shape of (t, s).
+    """
+    t, s = _pair(t, s)
+    a_ts, var_ts = transition(schedule, t, s)
+    a_s, s_s, s_t = schedule.alpha(s), schedule.sigma(s), schedule.sigma(t)
+    c_x0 = a_s * var_ts / s_t**2
+    c_xt = a_ts * s_s**2 / s_t**2
+    var = var_ts * s_s**2 / s_t**2
+    return c_x0, c_xt, var
+
+
+def posterior(schedule: Schedule, x_t: torch.Tensor, x0: torch.Tensor, t, s):
+    """Mean and variance of the forward posterior q(x_s | x_t, x0), s < t (monograph §2.2).
+
+    Returns ``(mean, var)`` with mean shaped like x_t and var of shape (B,) (isotropic). This is
+    "denoise, then re-noise": put x0 (or a model's estimate of it) into the mean with weight c_x0.
+    """
+    check_data(x_t, "x_t")
+    check_like(x0, x_t, "x0", "x_t")
+    t, s = _pair(t, s, x_t)
+    c_x0, c_xt, var = posterior_coefficients(schedule, t, s)
+    c_x0, c_xt = c_x0.to(x_t.dtype), c_xt.to(x_t.dtype)
+    mean = append_dims(c_x0, x_t) * x0 + append_dims(c_xt, x_t) * x_t
+    return mean, var.to(x_t.dtype)
+
+
+# ------------------------------------- the model's reverse kernel: the posterior with x0 -> x0_hat
+VARIANCES = ("posterior", "beta", "learned")
+
+
+def _default_decoder_var(schedule, t1):
+    a, s = schedule.alpha(t1), schedule.sigma(t1)
+    return (s / a) ** 2
+
+
+def reverse_log_variance(schedule: Schedule, t, s, frac: Optional[torch.Tensor] = None, kind: str = "posterior"):
+    """log of the reverse-kernel variance of p(x_s | x_t) (monograph §2.2; improved DDPM §3.1).
+
+    ``kind="posterior"``: tilde-beta = sigma_{t|s}^2 sigma_s^2 / sigma_t^2 (the lower bound of Ho et al.);
+    ``"beta"``: sigma_{t|s}^2 (the upper bound); ``"learned"``: improved DDPM's interpolation in log
+    space, frac log(beta) + (1 - frac) log(tilde-beta), with ``frac`` from the network. At s = 0
+    (the reconstruction step), tilde-beta = 0, so every kind uses the decoder variance
+    sigma_{t}^2 / alpha_{t}^2 instead (a fixed choice; see :func:`diffedu.objectives.elbo.elbo_terms`). Float64, shape of t.
+    """
+    check_kind(kind, VARIANCES, "kind")
+    t, s = _pair(t, s)
+    _, var_ts = transition(schedule, t, s)
+    _, _, tilde = posterior_coefficients(schedule, t, s)
+    last = s == 0
+    dec = _default_decoder_var(schedule, t)
+    log_beta = torch.where(last, torch.log(dec), torch.log(var_ts))
+    log_tilde = torch.where(last, torch.log(dec), torch.log(tilde.clamp_min(1e-300)))
+    if kind == "posterior":
+        return log_tilde
+    if kind == "beta":
+        return log_beta
+    if frac is None:
+        raise ValueError("frac: kind='learned' needs the network's interpolation fraction (shaped like x)")
+    lb, lt = append_dims(log_beta, frac), append_dims(log_tilde, frac)
+    return frac * lb.to(frac) + (1 - frac) * lt.to(frac)
+
+
+def reverse_kernel(model, x_t: torch.Tensor, t, s, *, variance: str = "posterior", cond=None,
+                   detach_mean: bool = False):
+    """The model's Gaussian reverse kernel p(x_s | x_t) = N(mu, var) (monograph §2.2: "denoise, then re-noise").
+
+    mu = c_x0 x0_hat(x_t, t) + c_xt x_t is the forward posterior mean with the model's x0 estimate
+    plugged in; the variance is chosen by ``variance`` (see :func:`reverse_log_variance`;
+    ``"learned"`` needs a :class:`~diffedu.objectives.elbo.LearnedVarianceDenoiser`). Returns ``(mean, var, prediction)``
+    with var of shape (B,) or shaped like x_t (learned). ``detach_mean`` stops the gradient through
+    the mean, as in improved DDPM's L_vlb.
+    """
+    check_kind(variance, VARIANCES, "variance")
+    check_data(x_t, "x_t")
+    t, s = _pair(t, s, x_t)
+    sched = model.schedule
+    t_model = t.to(x_t.dtype).expand(x_t.shape[0])
+    if variance == "learned":
+        if not hasattr(model, "predict_with_variance"):
+            raise TypeError("model: variance='learned' needs a LearnedVarianceDenoiser (with predict_with_variance)")
+        pred, frac = model.predict_with_variance(x_t, t_model, cond)
+    else:
+        pred, frac = model(x_t, t_model, cond), None
+    x0_hat = pred.x0.detach() if detach_mean else pred.x0
+    mean, _ = posterior(sched, x_t, x0_hat, t, s)
+    logv = reverse_log_variance(sched, t, s, frac, variance)
+    return mean, torch.exp(logv).to(x_t.dtype), pred

@@ -22,20 +22,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from diffedu._checks import append_dims, check_data, check_time
+from diffedu._checks import append_dims, check_data, check_model, check_time
 from diffedu.param import Prediction, to_x0
 from diffedu.schedules import Schedule, VPLinear
 from diffedu.toy import GaussianMixture
 
 __all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "DPSGuidance", "cfg", "classifier_guidance", "drop_labels",
            "tilted_log_prob", "sample_tilted", "linear_gaussian_posterior"]
-
-
-def _check_model(model):
-    if not callable(model) or not isinstance(getattr(model, "schedule", None), Schedule):
-        raise TypeError("model: expected a model with the contract model(x_t, t, cond) -> Prediction and a diffedu "
-                        f"Schedule at model.schedule, got {type(model).__name__}")
-    return model
 
 
 def _check_scale(w, name="w"):
@@ -80,7 +73,7 @@ class ClassifierFreeGuidance(_Guided):
 
     def __init__(self, model, w: float, null_label: int):
         super().__init__()
-        self.model = _check_model(model)
+        self.model = check_model(model)
         self.w = _check_scale(w)
         if isinstance(null_label, bool) or not isinstance(null_label, int) or null_label < 0:
             raise ValueError(f"null_label: expected the non-negative integer label meaning 'unconditional', got {null_label!r}")
@@ -107,7 +100,7 @@ class ClassifierGuidance(_Guided):
 
     def __init__(self, model, classifier: Callable, w: float):
         super().__init__()
-        self.model = _check_model(model)
+        self.model = check_model(model)
         if not callable(classifier):
             raise TypeError(f"classifier: expected a callable (x_t, t) -> logits (B, C), got {type(classifier).__name__}")
         self.classifier, self.w = classifier, _check_scale(w)
@@ -147,7 +140,7 @@ class DPSGuidance(_Guided):
     def __init__(self, model, forward_op: Callable, y: torch.Tensor, noise_std: float, zeta: float = 1.0,
                  normalized: bool = False):
         super().__init__()
-        self.model = _check_model(model)
+        self.model = check_model(model)
         if not callable(forward_op):
             raise TypeError(f"forward_op: expected a callable A(x0) -> measurement, got {type(forward_op).__name__}")
         if not torch.is_tensor(y):

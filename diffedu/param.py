@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from diffedu._checks import append_dims, check_data, check_kind, check_like, check_time
+from diffedu._checks import append_dims, check_data, check_kind, check_like, check_schedule, check_time
 from diffedu.schedules import Schedule
 
 __all__ = ["KINDS", "target_coefficients", "to_x0", "to_eps", "from_x0_eps", "convert", "Prediction", "Denoiser"]
@@ -34,16 +34,10 @@ __all__ = ["KINDS", "target_coefficients", "to_x0", "to_eps", "from_x0_eps", "co
 KINDS = ("eps", "x0", "score", "v", "velocity")
 
 
-def _check_schedule(schedule):
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule: expected a diffedu.schedules.Schedule, got {type(schedule).__name__}")
-    return schedule
-
-
 def target_coefficients(kind: str, t: torch.Tensor, schedule: Schedule):
     """(A_t, B_t) with target = A_t x0 + B_t eps for prediction ``kind`` (monograph Table 6.1)."""
     check_kind(kind, KINDS, "kind")
-    _check_schedule(schedule)
+    check_schedule(schedule)
     a, s = schedule.alpha(t), schedule.sigma(t)
     if kind == "x0":
         return torch.ones_like(a), torch.zeros_like(a)
@@ -125,7 +119,7 @@ def convert(out: torch.Tensor, src: str, dst: str, x_t: torch.Tensor, t, schedul
     """
     check_kind(src, KINDS, "src")
     check_kind(dst, KINDS, "dst")
-    _check_schedule(schedule)
+    check_schedule(schedule)
     check_data(x_t, "x_t")
     check_like(out, x_t, "out", "x_t")
     t = check_time(t, x_t)
@@ -185,7 +179,7 @@ class Denoiser(nn.Module):
     def __init__(self, net: nn.Module, schedule: Schedule, prediction: str = "eps"):
         super().__init__()
         self.net = net
-        self.schedule = _check_schedule(schedule)
+        self.schedule = check_schedule(schedule)
         self.prediction = check_kind(prediction, KINDS, "prediction")
 
     def raw(self, x_t: torch.Tensor, t, cond=None) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from diffedu._checks import append_dims, check_data, check_like, check_time
+from diffedu._checks import append_dims, check_data, check_like, check_schedule, check_time
 from diffedu.schedules import Schedule
 
 __all__ = ["drift_coef", "diffusion_sq", "forward_drift", "reverse_sde_drift", "pf_ode_velocity",
@@ -21,11 +21,13 @@ __all__ = ["drift_coef", "diffusion_sq", "forward_drift", "reverse_sde_drift", "
 
 def drift_coef(schedule: Schedule, t) -> torch.Tensor:
     """f(t) = d log alpha_t / dt = alpha'_t / alpha_t, the linear drift of the forward SDE (monograph §4.3)."""
+    check_schedule(schedule)
     return schedule.d_alpha(t) / schedule.alpha(t)
 
 
 def diffusion_sq(schedule: Schedule, t) -> torch.Tensor:
     """g(t)^2 = d(sigma_t^2)/dt - 2 f(t) sigma_t^2 (monograph §4.3); e.g. beta(t) for VP, d sigma^2/dt for VE."""
+    check_schedule(schedule)
     return schedule.d_sigma2(t) - 2 * drift_coef(schedule, t) * schedule.sigma(t) ** 2
 
 

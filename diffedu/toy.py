@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from diffedu._checks import append_dims, check_data, check_time
+from diffedu._checks import append_dims, check_data, check_schedule, check_time
 from diffedu.param import Prediction
 from diffedu.schedules import Schedule
 
@@ -165,8 +165,7 @@ class GaussianMixture:
             a = torch.ones_like(t)
             s = torch.zeros_like(t)
         else:
-            if not isinstance(schedule, Schedule):
-                raise TypeError(f"schedule: expected a diffedu.schedules.Schedule, got {type(schedule).__name__}")
+            check_schedule(schedule)
             a, s = schedule.alpha(t), schedule.sigma(t)
         means, evals, evecs, logw, labels = self._params(x.device, x.dtype)
         diff = x[:, None, :] - a[:, None, None] * means[None]
@@ -289,8 +288,7 @@ class ExactDenoiser(nn.Module):
         super().__init__()
         if not isinstance(mixture, GaussianMixture):
             raise TypeError(f"mixture: expected a GaussianMixture, got {type(mixture).__name__}")
-        if not isinstance(schedule, Schedule):
-            raise TypeError(f"schedule: expected a diffedu.schedules.Schedule, got {type(schedule).__name__}")
+        check_schedule(schedule)
         self.mixture = mixture
         self.schedule = schedule
 

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from diffedu._checks import check_data
-from diffedu.likelihood.ode import divergence_exact, divergence_hutchinson, gaussian_prior_log_prob
+from diffedu.autodiff import hutchinson_trace, jacobian_trace
+from diffedu.gaussian import gaussian_prior_log_prob
 
 __all__ = ["AffineCoupling", "CouplingFlow", "CNFResult", "cnf_log_prob", "cnf_sample"]
 
@@ -155,8 +156,8 @@ def cnf_log_prob(net: nn.Module, x: torch.Tensor, *, n_steps: int = 16, divergen
     def f(z, t):
         fn = lambda y: _vel(net, y, t)  # noqa: E731
         if probe is None:
-            return divergence_exact(fn, z, create_graph=train)
-        return divergence_hutchinson(fn, z, probe, create_graph=train)
+            return jacobian_trace(fn, z, create_graph=train)
+        return hutchinson_trace(fn, z, probe=probe, create_graph=train)
 
     h = 1.0 / n_steps
     z, ell = x, torch.zeros(len(x), dtype=x.dtype, device=x.device)

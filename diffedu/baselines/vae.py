@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from diffedu._checks import check_data, check_positive
-from diffedu.objectives.elbo import gaussian_kl, gaussian_log_prob
+from diffedu.gaussian import gaussian_kl, gaussian_log_prob
 
 __all__ = ["VAETerms", "GaussianVAE"]
 

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from diffedu._checks import append_dims
-from diffedu.likelihood.ode import divergence_hutchinson
+from diffedu.autodiff import hutchinson_trace
 from .core import Case, CheckResult, check, seeded
 
 __all__ = ["vp_reverse_drift", "euler_maruyama_step", "hutchinson_divergence", "bits_per_dim",
@@ -47,7 +47,7 @@ def euler_maruyama_step(x: torch.Tensor, t: torch.Tensor, h: float, score: torch
 
 def hutchinson_divergence(v_fn: Callable, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Hutchinson's estimate z^T (dv/dx) z of div v at x with probe z, shape (B,) (monograph §4.5)."""
-    return divergence_hutchinson(v_fn, x, z)[1]
+    return hutchinson_trace(v_fn, x, probe=z)[1]
 
 
 def bits_per_dim(log_p: torch.Tensor, num_dims: int, bin_width: float) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 
 from diffedu._checks import append_dims
 from diffedu.objectives.flow_matching import straightness as _straightness
-from diffedu.likelihood.ode import gaussian_prior_log_prob
+from diffedu.gaussian import gaussian_prior_log_prob
 from .core import Case, CheckResult, check, seeded
 
 __all__ = ["trig_conditional_velocity", "rf_marginal_velocity", "linear_cnf_log_density", "straightness",

@@ -25,18 +25,12 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from diffedu._checks import check_data, check_positive, check_time
+from diffedu._checks import check_data, check_positive, check_schedule, check_time
 from diffedu.schedules import Schedule
 from diffedu.sde import diffusion_sq, drift_coef
 
 __all__ = ["fokker_planck_residual", "continuity_residual", "Grid", "make_grid", "fokker_planck_residual_grid",
            "solve_fokker_planck", "histogram_density", "l1_distance"]
-
-
-def _check_schedule(schedule):
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule: expected a diffedu.schedules.Schedule, got {type(schedule).__name__}")
-    return schedule
 
 
 def _grad_lap(log_p, x, t):
@@ -60,7 +54,7 @@ def fokker_planck_residual(log_p: Callable, schedule: Schedule, x: torch.Tensor,
     for ``log_p(x, t)`` (x (B, D), t (B,) -> (B,)), e.g. ``lambda x, t: mix.log_prob_t(x, t, schedule)``.
     Zero (to rounding) for the exact diffused density; use float64.
     """
-    _check_schedule(schedule)
+    check_schedule(schedule)
     check_data(x, "x")
     if x.ndim != 2:
         raise ValueError(f"x: expected shape (B, D), got {tuple(x.shape)}")
@@ -134,7 +128,7 @@ def fokker_planck_residual_grid(p_fn: Callable, schedule: Schedule, t: float, gr
     (second order in h) and time (second order in ``dt``) on the interior cells. Returns
     (max |residual|, max |d_t p|): their ratio -> 0 as h, dt -> 0 for the true p_t.
     """
-    _check_schedule(schedule)
+    check_schedule(schedule)
     if not (dt < t < 1 - dt):
         raise ValueError(f"t: expected dt < t < 1 - dt for the central time difference, got t={t}, dt={dt}")
     h, D = grid.h, grid.dim
@@ -165,7 +159,7 @@ def solve_fokker_planck(p0: np.ndarray, schedule: Schedule, grid: Grid, t0: floa
     Euler in time with the step chosen below the diffusive and advective stability limits
     (``safety`` times the limit). Returns the densities at each of the increasing ``times``.
     """
-    _check_schedule(schedule)
+    check_schedule(schedule)
     p = np.array(p0, dtype=np.float64)
     if p.shape != grid.shape:
         raise ValueError(f"p0: expected shape {grid.shape} (the grid's), got {p.shape}")

@@ -25,47 +25,11 @@ from typing import Callable, NamedTuple, Optional, Union
 import numpy as np
 import torch
 
-from diffedu._checks import check_data, check_kind, check_positive
+from diffedu._checks import check_data, check_kind, check_model, check_positive
+from diffedu.autodiff import hutchinson_trace, jacobian_trace
+from diffedu.gaussian import gaussian_prior_log_prob
 
-__all__ = ["divergence_exact", "divergence_hutchinson", "velocity_field", "LikelihoodResult",
-           "log_likelihood", "gaussian_prior_log_prob", "dequantize", "bits_per_dim"]
-
-
-def divergence_exact(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
-                     create_graph: bool = False):
-    """(v, div v) with the exact divergence sum_i d v_i / d x_i of ``v = fn(x)`` (monograph §5.2).
-
-    One autograd pass per data dimension D, so the cost is D backward passes: use it in low
-    dimension (the 2D toys). ``x`` has shape (B, ...); returns v shaped like x and div of shape (B,).
-    """
-    check_data(x, "x")
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True) if not x.requires_grad else x
-        v = fn(x)
-        flat_v = v.reshape(len(x), -1)
-        div = torch.zeros(len(x), dtype=x.dtype, device=x.device)
-        for i in range(flat_v.shape[1]):
-            (g,) = torch.autograd.grad(flat_v[:, i].sum(), x, create_graph=create_graph, retain_graph=True)
-            div = div + g.reshape(len(x), -1)[:, i]
-    return (v if create_graph else v.detach()), div
-
-
-def divergence_hutchinson(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, probe: torch.Tensor, *,
-                          create_graph: bool = False):
-    """(v, z^T (dv/dx) z): Hutchinson's unbiased divergence estimate with probe ``z`` (monograph §4.5).
-
-    E_z[z^T J z] = tr J when E[z z^T] = I (Rademacher or Gaussian z). One backward pass,
-    whatever the dimension. ``probe`` has the shape of ``x``.
-    """
-    check_data(x, "x")
-    if probe.shape != x.shape:
-        raise ValueError(f"probe: expected shape {tuple(x.shape)} (same as x), got {tuple(probe.shape)}")
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True) if not x.requires_grad else x
-        v = fn(x)
-        (g,) = torch.autograd.grad((v * probe).sum(), x, create_graph=create_graph)
-    div = (g * probe).reshape(len(x), -1).sum(1)
-    return (v if create_graph else v.detach()), div
+__all__ = ["velocity_field", "LikelihoodResult", "log_likelihood", "dequantize", "bits_per_dim"]
 
 
 def velocity_field(model, cond=None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -83,15 +47,6 @@ def velocity_field(model, cond=None) -> Callable[[torch.Tensor, torch.Tensor], t
         return model(x, t.to(x.dtype), cond).velocity
 
     return v
-
-
-def gaussian_prior_log_prob(x: torch.Tensor, std: Union[float, torch.Tensor] = 1.0) -> torch.Tensor:
-    """log N(x; 0, std^2 I) per example, shape (B,) — the prior p_1 ~ N(0, sigma_1^2 I) (monograph §4.3)."""
-    check_data(x, "x")
-    d = x[0].numel()
-    std = torch.as_tensor(std, dtype=x.dtype, device=x.device)
-    sq = x.reshape(len(x), -1).pow(2).sum(1)
-    return -0.5 * sq / std**2 - d * torch.log(std) - 0.5 * d * math.log(2 * math.pi)
 
 
 class LikelihoodResult(NamedTuple):
@@ -141,8 +96,7 @@ def log_likelihood(model, x: torch.Tensor, *, t_min: float = 1e-5, t_max: float 
     """
     from scipy.integrate import solve_ivp
 
-    if not callable(model) or not hasattr(model, "schedule"):
-        raise TypeError("model: expected a model obeying model(x_t, t, cond) -> Prediction with a .schedule")
+    check_model(model)
     check_data(x, "x")
     check_kind(divergence, ("exact", "hutchinson"), "divergence")
     check_kind(probe, ("rademacher", "gaussian"), "probe")
@@ -172,11 +126,11 @@ def log_likelihood(model, x: torch.Tensor, *, t_min: float = 1e-5, t_max: float 
         tt = torch.full((B,), float(t), dtype=torch.float64, device=device)
         fn = lambda z: v_fn(z, tt)  # noqa: E731
         if probes is None:
-            v, div = divergence_exact(fn, xt)
+            v, div = jacobian_trace(fn, xt)
         else:
             div = 0
             for k in range(n_probes):
-                v, d = divergence_hutchinson(fn, xt, probes[k])
+                v, d = hutchinson_trace(fn, xt, probe=probes[k])
                 div = div + d / n_probes
         return np.concatenate([v.reshape(-1).cpu().numpy(), div.cpu().numpy()])
 

@@ -24,7 +24,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from diffedu._checks import append_dims, check_data, check_like, check_positive, check_time
+from diffedu._checks import append_dims, check_data, check_like, check_positive, check_schedule, check_time
 from diffedu.param import Denoiser
 from diffedu.schedules import Schedule
 
@@ -105,8 +105,7 @@ def edm_time_sampler(schedule: Schedule, p_mean: float = -1.2, p_std: float = 1.
     usable as ``time_sampler=`` in :func:`diffedu.objectives.denoising.denoising_loss`. Times are clamped into
     [1e-6, 1] (the schedule's noise range).
     """
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule: expected a diffedu.schedules.Schedule, got {type(schedule).__name__}")
+    check_schedule(schedule)
     check_positive(p_std, "p_std")
 
     def sampler(n, *, device=None, dtype=torch.float32, generator=None):

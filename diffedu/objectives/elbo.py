@@ -13,160 +13,38 @@ Everything here is *continuous-time first*: the forward transition between two g
 s < t is q(x_t | x_s) = N(alpha_{t|s} x_s, sigma_{t|s}^2 I) with alpha_{t|s} = alpha_t / alpha_s and
 sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2, and the posterior q(x_s | x_t, x0) is
 Gaussian with mean c_x0 x0 + c_xt x_t and variance sigma_{t|s}^2 sigma_s^2 / sigma_t^2
-(:func:`forward_posterior`). On the 1000-step DDPM table these are exactly Ho et al.'s
+(:func:`diffedu.forward.posterior`). On the 1000-step DDPM table these are exactly Ho et al.'s
 beta_n and tilde-beta_n; the integer-step helpers (``ddpm_*``) take a
 :class:`~diffedu.schedules.DiscreteSchedule` and exist to show that.
 
-Also here: Gaussian KL / log-density helpers, the model's Gaussian reverse kernel with fixed
-(beta or tilde-beta) or learned variance, :func:`elbo_terms` (exact Gaussian KLs, Monte Carlo
+The forward transition, the posterior and the model's Gaussian reverse kernel (fixed beta or
+tilde-beta, or learned variance) are forward-process mathematics and live in
+:mod:`diffedu.forward`; the Gaussian KL and log-density in :mod:`diffedu.gaussian`. Here:
+:func:`elbo_terms` (exact Gaussian KLs, Monte Carlo
 only over x0 and x_t), the per-step weights that make L_simple a reweighted ELBO
 (:func:`elbo_eps_weights`), and improved DDPM's learned variances with the hybrid loss
 (:class:`LearnedVarianceDenoiser`, :func:`hybrid_loss`; Nichol & Dhariwal 2021).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
-from diffedu._checks import append_dims, check_data, check_kind, check_like, check_positive, check_time
+from diffedu._checks import append_dims, check_data, check_kind, check_like, check_positive, check_schedule, check_time
+from diffedu.forward import VARIANCES, posterior, reverse_kernel, reverse_log_variance
+from diffedu.gaussian import gaussian_kl, gaussian_log_prob
 from diffedu.param import KINDS, Prediction, to_eps, to_x0
 from diffedu.schedules import DiscreteSchedule, Schedule
 
 __all__ = [
-    "gaussian_log_prob", "gaussian_kl",
-    "transition", "posterior_coefficients", "forward_posterior",
     "ddpm_forward_kernel", "ddpm_forward_step", "ddpm_posterior", "ddpm_time_grid",
-    "VARIANCES", "reverse_log_variance", "reverse_kernel",
-    "ELBOTerms", "elbo_terms", "elbo_eps_weights", "bits_per_dim",
+    "ELBOTerms", "elbo_terms", "elbo_eps_weights",
     "TwoHeadNet", "LearnedVarianceDenoiser", "hybrid_loss",
 ]
 
-LOG_2PI = math.log(2 * math.pi)
-
-
-# ----------------------------------------------------------------------------------- Gaussians
-def _per_example_sum(v: torch.Tensor) -> torch.Tensor:
-    return v.reshape(v.shape[0], -1).sum(1)
-
-
-def _as_var(var, x):
-    """A variance given as a scalar, (B,) or shaped like x, broadcast against x."""
-    if not torch.is_tensor(var):
-        var = torch.as_tensor(float(var), dtype=x.dtype, device=x.device)
-    if var.ndim == 1 and x.ndim > 1:
-        return append_dims(var, x)
-    return var
-
-
-def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, var) -> torch.Tensor:
-    """log N(x; mean, var I) summed over the data dimensions, shape (B,) (monograph §2.1).
-
-    ``var`` is a scalar, a per-example (B,) tensor or a per-dimension tensor shaped like x.
-    """
-    check_data(x, "x")
-    check_like(mean, x, "mean")
-    v = _as_var(var, x)
-    if (torch.as_tensor(v) <= 0).any():
-        raise ValueError("var: expected strictly positive variances")
-    v = v.expand_as(x)
-    return -0.5 * _per_example_sum((x - mean) ** 2 / v + torch.log(v) + LOG_2PI)
-
-
-def gaussian_kl(mean_q: torch.Tensor, var_q, mean_p: torch.Tensor, var_p) -> torch.Tensor:
-    """KL(N(mean_q, var_q I) || N(mean_p, var_p I)) in nats, summed over dimensions, shape (B,) (monograph §2.1).
-
-    Closed form, per dimension: 0.5 [var_q / var_p - 1 - log(var_q / var_p) + (mean_q - mean_p)^2 / var_p].
-    Variances are scalars, (B,) or shaped like the means; ``var_q = 0`` is allowed only if
-    ``var_p`` is then positive and gives +inf (a point mass against a Gaussian).
-    """
-    check_data(mean_q, "mean_q", allow_nonfinite=False)
-    check_like(mean_p, mean_q, "mean_p", "mean_q")
-    vq = _as_var(var_q, mean_q).expand_as(mean_q)
-    vp = _as_var(var_p, mean_q).expand_as(mean_q)
-    if (vp <= 0).any():
-        raise ValueError("var_p: expected strictly positive variances")
-    if (vq < 0).any():
-        raise ValueError("var_q: expected non-negative variances")
-    ratio = vq / vp
-    per_dim = 0.5 * (ratio - 1 - torch.log(ratio) + (mean_q - mean_p) ** 2 / vp)
-    return _per_example_sum(per_dim)
-
-
-# --------------------------------------------------------------- forward transition, posterior
-def _check_schedule(schedule):
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule: expected a diffedu.schedules.Schedule, got {type(schedule).__name__}")
-    return schedule
-
-
-def _time(t, like, name):
-    """A time as a 0-d or (B,) float64 tensor on like's device, not expanded (coefficients stay cheap)."""
-    t = check_time(t, None, name)
-    if like is not None:
-        if t.ndim == 1 and t.shape[0] != like.shape[0]:
-            raise ValueError(f"{name}: expected a scalar or shape ({like.shape[0]},) to match the batch, got {tuple(t.shape)}")
-        t = t.to(like.device)
-    return t.to(torch.float64)
-
-
-def _pair(t, s, like: Optional[torch.Tensor] = None):
-    """Validate a pair of times s < t (float64 internally, as the grids are)."""
-    t, s = _time(t, like, "t"), _time(s, like, "s")
-    if t.shape != s.shape:
-        t, s = torch.broadcast_tensors(t, s)
-    if (s >= t).any():
-        raise ValueError("s, t: expected s < t (s is the less noisy, earlier time; t = 0 data, t = 1 noise)")
-    return t, s
-
-
-def transition(schedule: Schedule, t, s):
-    """(alpha_{t|s}, sigma_{t|s}^2) of q(x_t | x_s) = N(alpha_{t|s} x_s, sigma_{t|s}^2 I), s < t (monograph §2.2).
-
-    alpha_{t|s} = alpha_t / alpha_s and sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2, computed in
-    float64. For DDPM, one grid step gives (sqrt(1 - beta_n), beta_n).
-    """
-    _check_schedule(schedule)
-    t, s = _pair(t, s)
-    a_t, s_t, a_s, s_s = schedule.alpha(t), schedule.sigma(t), schedule.alpha(s), schedule.sigma(s)
-    a_ts = a_t / a_s
-    var_ts = (s_t**2 - a_ts**2 * s_s**2).clamp_min(0)
-    return a_ts, var_ts
-
-
-def posterior_coefficients(schedule: Schedule, t, s):
-    """(c_x0, c_xt, var) with q(x_s | x_t, x0) = N(c_x0 x0 + c_xt x_t, var I) for s < t (monograph §2.2).
-
-    c_x0 = alpha_s sigma_{t|s}^2 / sigma_t^2, c_xt = alpha_{t|s} sigma_s^2 / sigma_t^2,
-    var = sigma_{t|s}^2 sigma_s^2 / sigma_t^2 (DDPM's tilde-beta). Where sigma_s = 0 (s = 0 of a VP
-    schedule): (1, 0, 0), the point mass at x0.
-    Float64 tensors of the broadcast shape of (t, s).
-    """
-    t, s = _pair(t, s)
-    a_ts, var_ts = transition(schedule, t, s)
-    a_s, s_s, s_t = schedule.alpha(s), schedule.sigma(s), schedule.sigma(t)
-    c_x0 = a_s * var_ts / s_t**2
-    c_xt = a_ts * s_s**2 / s_t**2
-    var = var_ts * s_s**2 / s_t**2
-    return c_x0, c_xt, var
-
-
-def forward_posterior(schedule: Schedule, x_t: torch.Tensor, x0: torch.Tensor, t, s):
-    """Mean and variance of the forward posterior q(x_s | x_t, x0), s < t (monograph §2.2).
-
-    Returns ``(mean, var)`` with mean shaped like x_t and var of shape (B,) (isotropic). This is
-    "denoise, then re-noise": put x0 (or a model's estimate of it) into the mean with weight c_x0.
-    """
-    check_data(x_t, "x_t")
-    check_like(x0, x_t, "x0", "x_t")
-    t, s = _pair(t, s, x_t)
-    c_x0, c_xt, var = posterior_coefficients(schedule, t, s)
-    c_x0, c_xt = c_x0.to(x_t.dtype), c_xt.to(x_t.dtype)
-    mean = append_dims(c_x0, x_t) * x0 + append_dims(c_xt, x_t) * x_t
-    return mean, var.to(x_t.dtype)
 
 
 # ----------------------------------------------------------------- integer DDPM (adapter only)
@@ -210,7 +88,7 @@ def ddpm_posterior(dsched: DiscreteSchedule, x_n: torch.Tensor, x0: torch.Tensor
 
     mean = beta_n sqrt(abar_{n-1}) / (1 - abar_n) x0 + (1 - abar_{n-1}) sqrt(1 - beta_n) / (1 - abar_n) x_n,
     var = tilde-beta_n = (1 - abar_{n-1}) / (1 - abar_n) beta_n, with abar_{-1} = 1. ``n`` is an int
-    or a (B,) integer tensor. Returns (mean, var (B,)). Equal to :func:`forward_posterior` between
+    or a (B,) integer tensor. Returns (mean, var (B,)). Equal to :func:`diffedu.forward.posterior` between
     t_n and t_{n-1} (tested).
     """
     _check_discrete(dsched)
@@ -237,69 +115,6 @@ def ddpm_time_grid(dsched: DiscreteSchedule) -> torch.Tensor:
     _check_discrete(dsched)
     n = torch.arange(dsched.num_steps - 1, -2, -1)
     return dsched.timestep_to_t(n)
-
-
-# -------------------------------------------------------------------- model's reverse kernel
-VARIANCES = ("posterior", "beta", "learned")
-
-
-def _default_decoder_var(schedule, t1):
-    a, s = schedule.alpha(t1), schedule.sigma(t1)
-    return (s / a) ** 2
-
-
-def reverse_log_variance(schedule: Schedule, t, s, frac: Optional[torch.Tensor] = None, kind: str = "posterior"):
-    """log of the reverse-kernel variance of p(x_s | x_t) (monograph §2.2; improved DDPM §3.1).
-
-    ``kind="posterior"``: tilde-beta = sigma_{t|s}^2 sigma_s^2 / sigma_t^2 (the lower bound of Ho et al.);
-    ``"beta"``: sigma_{t|s}^2 (the upper bound); ``"learned"``: improved DDPM's interpolation in log
-    space, frac log(beta) + (1 - frac) log(tilde-beta), with ``frac`` from the network. At s = 0
-    (the reconstruction step), tilde-beta = 0, so every kind uses the decoder variance
-    sigma_{t}^2 / alpha_{t}^2 instead (a fixed choice; see :func:`elbo_terms`). Float64, shape of t.
-    """
-    check_kind(kind, VARIANCES, "kind")
-    t, s = _pair(t, s)
-    _, var_ts = transition(schedule, t, s)
-    _, _, tilde = posterior_coefficients(schedule, t, s)
-    last = s == 0
-    dec = _default_decoder_var(schedule, t)
-    log_beta = torch.where(last, torch.log(dec), torch.log(var_ts))
-    log_tilde = torch.where(last, torch.log(dec), torch.log(tilde.clamp_min(1e-300)))
-    if kind == "posterior":
-        return log_tilde
-    if kind == "beta":
-        return log_beta
-    if frac is None:
-        raise ValueError("frac: kind='learned' needs the network's interpolation fraction (shaped like x)")
-    lb, lt = append_dims(log_beta, frac), append_dims(log_tilde, frac)
-    return frac * lb.to(frac) + (1 - frac) * lt.to(frac)
-
-
-def reverse_kernel(model, x_t: torch.Tensor, t, s, *, variance: str = "posterior", cond=None,
-                   detach_mean: bool = False):
-    """The model's Gaussian reverse kernel p(x_s | x_t) = N(mu, var) (monograph §2.2: "denoise, then re-noise").
-
-    mu = c_x0 x0_hat(x_t, t) + c_xt x_t is the forward posterior mean with the model's x0 estimate
-    plugged in; the variance is chosen by ``variance`` (see :func:`reverse_log_variance`;
-    ``"learned"`` needs a :class:`LearnedVarianceDenoiser`). Returns ``(mean, var, prediction)``
-    with var of shape (B,) or shaped like x_t (learned). ``detach_mean`` stops the gradient through
-    the mean, as in improved DDPM's L_vlb.
-    """
-    check_kind(variance, VARIANCES, "variance")
-    check_data(x_t, "x_t")
-    t, s = _pair(t, s, x_t)
-    sched = model.schedule
-    t_model = t.to(x_t.dtype).expand(x_t.shape[0])
-    if variance == "learned":
-        if not hasattr(model, "predict_with_variance"):
-            raise TypeError("model: variance='learned' needs a LearnedVarianceDenoiser (with predict_with_variance)")
-        pred, frac = model.predict_with_variance(x_t, t_model, cond)
-    else:
-        pred, frac = model(x_t, t_model, cond), None
-    x0_hat = pred.x0.detach() if detach_mean else pred.x0
-    mean, _ = forward_posterior(sched, x_t, x0_hat, t, s)
-    logv = reverse_log_variance(sched, t, s, frac, variance)
-    return mean, torch.exp(logv).to(x_t.dtype), pred
 
 
 # ------------------------------------------------------------------------------ the ELBO terms
@@ -344,7 +159,7 @@ def elbo_terms(model, x0: torch.Tensor, ts, *, variance: str = "posterior", prio
 
     ``model`` follows the model contract (a trained :class:`~diffedu.param.Denoiser` or the exact
     :meth:`diffedu.toy.GaussianMixture.denoiser`); its reverse kernel is
-    p(x_s|x_t) = N(posterior mean with x0 -> x0_hat(x_t), var) (:func:`reverse_kernel`).
+    p(x_s|x_t) = N(posterior mean with x0 -> x0_hat(x_t), var) (:func:`diffedu.forward.reverse_kernel`).
     What is exact and what is sampled: each KL between the Gaussians q(x_s|x_t,x0) and p(x_s|x_t)
     and the Gaussian decoder log-density are closed forms; the only Monte Carlo is one draw
     x_{t_i} ~ q(x_{t_i} | x0) per step and per example (and the x0 you pass). ``ts`` is an increasing
@@ -355,9 +170,8 @@ def elbo_terms(model, x0: torch.Tensor, ts, *, variance: str = "posterior", prio
     check_data(x0, "x0")
     check_kind(variance, VARIANCES, "variance")
     ts = _check_grid(ts)
-    sched = _check_schedule(model.schedule)
+    sched = check_schedule(model.schedule)
     B, N = x0.shape[0], ts.numel() - 1
-    D = x0[0].numel()
     dev, dt = x0.device, x0.dtype
 
     def draw(t):  # x_t ~ q(x_t | x0) for a (B,) float64 time
@@ -375,7 +189,7 @@ def elbo_terms(model, x0: torch.Tensor, ts, *, variance: str = "posterior", prio
     # reconstruction: -log N(x0; x0_hat(x_{t_1}), decoder_var)
     t1 = ts[1].to(dev).expand(B)
     if decoder_var is None:
-        decoder_var = float(_default_decoder_var(sched, ts[1]))
+        decoder_var = float((sched.sigma(ts[1]) / sched.alpha(ts[1])) ** 2)  # sigma_bar_{t_1}^2
     check_positive(decoder_var, "decoder_var")
     x1 = draw(t1)
     if variance == "learned":
@@ -397,7 +211,7 @@ def elbo_terms(model, x0: torch.Tensor, ts, *, variance: str = "posterior", prio
         x_t = append_dims(sched.alpha(t).to(dt), x0r) * x0r + append_dims(sched.sigma(t).to(dt), x0r) * eps
         condr = None if cond is None else cond.repeat(m)
         mean_p, var_p, _ = reverse_kernel(model, x_t, t, s, variance=variance, cond=condr)
-        mean_q, var_q = forward_posterior(sched, x_t, x0r, t, s)
+        mean_q, var_q = posterior(sched, x_t, x0r, t, s)
         kls.append(gaussian_kl(mean_q, var_q, mean_p, var_p).reshape(m, B).T)
     kl = torch.cat(kls, 1) if kls else torch.zeros(B, 0, device=dev, dtype=dt)
     return ELBOTerms(prior=prior, kl=kl, reconstruction=recon, ts=ts)
@@ -413,16 +227,10 @@ def elbo_eps_weights(schedule: Schedule, ts) -> torch.Tensor:
     (t_{i-1}, t_i), i = 2..N, of an increasing grid ``ts`` starting at 0; float64, shape (N-1,).
     """
     ts = _check_grid(ts)
-    _check_schedule(schedule)
+    check_schedule(schedule)
     t, s = ts[2:], ts[1:-1]
     snr_t, snr_s = torch.exp(schedule.log_snr(t)), torch.exp(schedule.log_snr(s))
     return 0.5 * (snr_s / snr_t - 1)
-
-
-def bits_per_dim(nats: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    """Convert a per-example negative log-likelihood (or bound) in nats to bits per dimension."""
-    check_data(x0, "x0")
-    return nats / (x0[0].numel() * math.log(2))
 
 
 # ------------------------------------------------------------------ improved DDPM: learned variance
@@ -447,7 +255,7 @@ class LearnedVarianceDenoiser(nn.Module):
 
     ``net(x_t, t[, cond])`` returns 2C channels along dim 1: the first C are the prediction in
     parameterisation ``prediction``, the last C are v, mapped to frac = (v + 1)/2, so that the reverse
-    variance is exp(frac log beta + (1 - frac) log tilde-beta) (:func:`reverse_log_variance`;
+    variance is exp(frac log beta + (1 - frac) log tilde-beta) (:func:`diffedu.forward.reverse_log_variance`;
     monograph §2.2, improved DDPM). ``forward`` keeps the model contract (returns a
     :class:`~diffedu.param.Prediction`), so every sampler accepts it; ``predict_with_variance``
     returns ``(Prediction, frac)``.
@@ -456,7 +264,7 @@ class LearnedVarianceDenoiser(nn.Module):
     def __init__(self, net: nn.Module, schedule: Schedule, prediction: str = "eps"):
         super().__init__()
         self.net = net
-        self.schedule = _check_schedule(schedule)
+        self.schedule = check_schedule(schedule)
         self.prediction = check_kind(prediction, KINDS, "prediction")
 
     def predict_with_variance(self, x_t: torch.Tensor, t, cond=None):
@@ -504,10 +312,10 @@ def hybrid_loss(model: LearnedVarianceDenoiser, x0: torch.Tensor, dsched: Discre
     pred, frac = model.predict_with_variance(x_t, t.to(x0.dtype), cond)
     D = x0[0].numel()
     l_simple = (pred.eps - eps).pow(2).reshape(B, -1).mean(1)
-    mean_p, _ = forward_posterior(sched, x_t, pred.x0.detach(), t, s)
+    mean_p, _ = posterior(sched, x_t, pred.x0.detach(), t, s)
     var_p = torch.exp(reverse_log_variance(sched, t, s, frac, "learned"))
     last = s == 0
-    mean_q, var_q = forward_posterior(sched, x_t, x0, t, s.clamp_min(0))
+    mean_q, var_q = posterior(sched, x_t, x0, t, s.clamp_min(0))
     # KL where n > 0; decoder NLL where n = 0 (var_q = 0 there, so guard it)
     safe_var_q = torch.where(last.to(var_q.device), torch.ones_like(var_q), var_q)
     kl = gaussian_kl(mean_q, safe_var_q, mean_p, var_p)

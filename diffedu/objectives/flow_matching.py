@@ -23,7 +23,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import nn
 
-from diffedu._checks import append_dims, check_data, check_like, check_time
+from diffedu._checks import append_dims, check_data, check_like, check_model, check_schedule, check_time
 from diffedu.param import Prediction
 from diffedu.schedules import RectifiedFlow, Schedule, VEGeometric, VPCosine, VPLinear
 
@@ -39,18 +39,12 @@ PATHS = {
 }
 
 
-def _check_schedule(schedule):
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule: expected a diffedu.schedules.Schedule, got {type(schedule).__name__}")
-    return schedule
-
-
 def conditional_velocity(x0: torch.Tensor, x1: torch.Tensor, t, schedule: Schedule) -> torch.Tensor:
     """u_t(x | x0, x1) = alpha'_t x0 + sigma'_t x1, the conditional velocity of the path (monograph §5.3, Table 6.1).
 
     For rectified flow it is x1 - x0, constant along each straight conditional path.
     """
-    _check_schedule(schedule)
+    check_schedule(schedule)
     check_data(x0, "x0")
     check_like(x1, x0, "x1", "x0")
     t = check_time(t, x0).to(x0.dtype)
@@ -75,7 +69,7 @@ def conditional_fm_loss(model, x0: torch.Tensor, *, t: Optional[torch.Tensor] = 
     pass ``x1`` from a coupling (e.g. Reflow pairs, :func:`diffedu.forward.ot_coupling`) to train on it.
     """
     check_data(x0, "x0")
-    sch = _check_schedule(getattr(model, "schedule", None))
+    sch = check_model(model).schedule
     B = x0.shape[0]
     gdev = generator.device if generator is not None else x0.device
     if t is None:
@@ -108,8 +102,8 @@ def match_time(src: Schedule, dst: Schedule, t: torch.Tensor):
     Both paths then carry the same (x0, eps): x^dst_s = alpha^dst_s (x0 + (sigma/alpha) eps).
     ``s`` is clamped to [0, 1] (the paths overlap only on their common SNR range).
     """
-    _check_schedule(src)
-    _check_schedule(dst)
+    check_schedule(src)
+    check_schedule(dst)
     s = dst.t_from_log_snr(src.log_snr(t))
     return s, dst.alpha(s) / src.alpha(t)
 
@@ -127,10 +121,9 @@ class PathChange(nn.Module):
 
     def __init__(self, model, schedule: Schedule):
         super().__init__()
-        if not callable(model) or not isinstance(getattr(model, "schedule", None), Schedule):
-            raise TypeError("model: expected the model contract model(x_t, t, cond) -> Prediction with a .schedule")
+        check_model(model)
         self.model = model
-        self.schedule = _check_schedule(schedule)
+        self.schedule = check_schedule(schedule)
 
     def forward(self, x: torch.Tensor, s, cond=None) -> Prediction:
         check_data(x, "x")

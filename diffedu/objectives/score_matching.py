@@ -7,8 +7,8 @@ The score of a density p is s(x) = grad_x log p(x); an energy-based model p = ex
   Gaussian-mixture oracle of :mod:`diffedu.toy`);
 * **implicit** (ISM, Hyvärinen 2005): E [tr(grad_x s_theta(x)) + 1/2 ||s_theta(x)||^2], equal to ESM
   minus the data-only constant 1/2 E||grad log p||^2 (integration by parts); the trace exactly in
-  low dimension, by Hutchinson's estimator in high dimension (:func:`jacobian_trace`,
-  :func:`hutchinson_trace`);
+  low dimension, by Hutchinson's estimator in high dimension (:func:`diffedu.autodiff.jacobian_trace`,
+  :func:`diffedu.autodiff.hutchinson_trace`);
 * **sliced** (SSM, Song et al. 2019): E_v [v^T grad_x s_theta v + 1/2 (v^T s_theta)^2] over random
   directions v; with ``variance_reduction`` the second term becomes 1/2 ||s_theta||^2;
 * **denoising** (DSM, Vincent 2011): 1/2 E ||s_theta(x_t, t) - grad_{x_t} log q(x_t | x0)||^2 with the
@@ -25,11 +25,12 @@ from typing import Callable, Optional
 
 import torch
 
-from diffedu._checks import append_dims, check_data, check_kind, check_like, check_positive, check_time
+from diffedu._checks import append_dims, check_data, check_kind, check_like, check_model, check_positive, check_schedule, check_time
+from diffedu.autodiff import hutchinson_trace, jacobian_trace, quadratic_form, random_probe
 from diffedu.schedules import Schedule
 
 __all__ = [
-    "model_score", "jacobian_trace", "hutchinson_trace",
+    "model_score",
     "explicit_score_matching", "implicit_score_matching", "sliced_score_matching",
     "dsm_target", "denoising_score_matching", "tweedie_x0", "sure",
 ]
@@ -37,68 +38,12 @@ __all__ = [
 
 def model_score(model) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """(x_t, t) -> model(x_t, t).score = -E[eps|x_t]/sigma_t for a model obeying the model contract (monograph §3.3)."""
-    if not hasattr(model, "schedule"):
-        raise TypeError(f"model: expected the model contract (a .schedule and model(x_t, t) -> Prediction), got {type(model).__name__}")
+    check_model(model)
     return lambda x, t: model(x, t).score
 
 
 def _flat(v):
     return v.reshape(v.shape[0], -1)
-
-
-def _with_grad(x):
-    return x if x.requires_grad else x.detach().requires_grad_(True)
-
-
-def jacobian_trace(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, create_graph: bool = True):
-    """Exact per-example trace of the Jacobian, tr(d fn(x) / dx), shape (B,), plus fn(x) (monograph §3.1).
-
-    One backward pass per data dimension D (fine for 2D toys; use :func:`hutchinson_trace` for
-    images). Assumes examples do not interact inside ``fn`` (true for the package's networks).
-    Returns ``(trace, fn(x))``.
-    """
-    check_data(x, "x")
-    x = _with_grad(x)
-    with torch.enable_grad():
-        out = fn(x)
-        check_like(out, x, "fn(x)")
-        of, D = _flat(out), _flat(x).shape[1]
-        tr = torch.zeros(x.shape[0], device=x.device, dtype=out.dtype)
-        for i in range(D):
-            (g,) = torch.autograd.grad(of[:, i].sum(), x, create_graph=create_graph, retain_graph=True)
-            tr = tr + _flat(g)[:, i]
-    return tr, out
-
-
-def _probe(x, kind, generator):
-    if kind == "rademacher":
-        return torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-
-def hutchinson_trace(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, n_probes: int = 1,
-                     probe: str = "rademacher", generator: Optional[torch.Generator] = None,
-                     create_graph: bool = True):
-    """Hutchinson's unbiased trace estimate E_v[v^T (d fn/dx) v], E[v v^T] = I, shape (B,), plus fn(x) (monograph §3.1, §4.6).
-
-    ``probe``: ``"rademacher"`` (+-1 entries, lowest variance) or ``"gaussian"``; averaged over
-    ``n_probes``. One vector-Jacobian product per probe, whatever the dimension.
-    Returns ``(trace_estimate, fn(x))``.
-    """
-    check_data(x, "x")
-    check_kind(probe, ("rademacher", "gaussian"), "probe")
-    if not isinstance(n_probes, int) or n_probes < 1:
-        raise ValueError(f"n_probes: expected a positive int, got {n_probes!r}")
-    x = _with_grad(x)
-    with torch.enable_grad():
-        out = fn(x)
-        check_like(out, x, "fn(x)")
-        est = torch.zeros(x.shape[0], device=x.device, dtype=out.dtype)
-        for _ in range(n_probes):
-            v = _probe(x, probe, generator)
-            (g,) = torch.autograd.grad((out * v).sum(), x, create_graph=create_graph, retain_graph=True)
-            est = est + _flat(g * v).sum(1)
-    return est / n_probes, out
 
 
 def explicit_score_matching(score_fn: Callable, x: torch.Tensor, true_score: torch.Tensor) -> torch.Tensor:
@@ -119,9 +64,9 @@ def implicit_score_matching(score_fn: Callable, x: torch.Tensor, *, estimator: s
     """
     check_kind(estimator, ("exact", "hutchinson"), "estimator")
     if estimator == "exact":
-        tr, s = jacobian_trace(score_fn, x)
+        s, tr = jacobian_trace(score_fn, x, create_graph=True)
     else:
-        tr, s = hutchinson_trace(score_fn, x, n_probes=n_probes, generator=generator)
+        s, tr = hutchinson_trace(score_fn, x, n_probes=n_probes, generator=generator, create_graph=True)
     return tr + 0.5 * _flat(s).pow(2).sum(1)
 
 
@@ -135,16 +80,14 @@ def sliced_score_matching(score_fn: Callable, x: torch.Tensor, *, n_projections:
     check_data(x, "x")
     if not isinstance(n_projections, int) or n_projections < 1:
         raise ValueError(f"n_projections: expected a positive int, got {n_projections!r}")
-    x = _with_grad(x)
+    x = x if x.requires_grad else x.detach().requires_grad_(True)
     with torch.enable_grad():
         s = score_fn(x)
         check_like(s, x, "score_fn(x)")
         total = torch.zeros(x.shape[0], device=x.device, dtype=s.dtype)
         for _ in range(n_projections):
-            v = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            sv = (s * v).sum()
-            (g,) = torch.autograd.grad(sv, x, create_graph=True, retain_graph=True)
-            quad = _flat(g * v).sum(1)
+            v = random_probe(x, "gaussian", generator)
+            quad = quadratic_form(s, x, v, create_graph=True)
             second = 0.5 * _flat(s).pow(2).sum(1) if variance_reduction else 0.5 * _flat(s * v).sum(1) ** 2
             total = total + quad + second
     return total / n_projections
@@ -168,8 +111,7 @@ def denoising_score_matching(score_fn: Callable, x0: torch.Tensor, t, schedule: 
     ``"sigma2"`` (lambda = sigma_t^2, NCSN's choice, which makes the loss 1/2 ||sigma_t s_theta + eps||^2)
     or ``"none"`` (lambda = 1). Minimised over functions by s_theta(., t) = grad log p_t.
     """
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule: expected a diffedu.schedules.Schedule, got {type(schedule).__name__}")
+    check_schedule(schedule)
     check_data(x0, "x0")
     check_kind(weighting, ("sigma2", "none"), "weighting")
     t = check_time(t, x0).to(x0.dtype)
@@ -209,8 +151,8 @@ def sure(denoise_fn: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, si
     sigma = check_positive(sigma, "sigma")
     check_kind(estimator, ("exact", "hutchinson"), "estimator")
     if estimator == "exact":
-        div, d = jacobian_trace(denoise_fn, y, create_graph=False)
+        d, div = jacobian_trace(denoise_fn, y)
     else:
-        div, d = hutchinson_trace(denoise_fn, y, n_probes=n_probes, generator=generator, create_graph=False)
+        d, div = hutchinson_trace(denoise_fn, y, n_probes=n_probes, generator=generator)
     dim = _flat(y).shape[1]
     return (_flat(d - y).pow(2).sum(1) - dim * sigma**2 + 2 * sigma**2 * div).detach()

@@ -5,7 +5,7 @@ q(x_s | x_t, x0) with the unknown x0 replaced by the model's estimate x0_hat(x_t
 
     x_s = c_x0 x0_hat + c_xt x_t + sqrt(var) z,     z ~ N(0, I),
 
-with (c_x0, c_xt, tilde-beta) from :func:`diffedu.objectives.elbo.posterior_coefficients`. The grid is any
+with (c_x0, c_xt, tilde-beta) from :func:`diffedu.forward.posterior_coefficients`. The grid is any
 float64 grid from noise to data; on the 1000-step DDPM grid (:func:`diffedu.objectives.elbo.ddpm_time_grid`)
 this is exactly Ho et al.'s update x_{n-1} = (x_n - beta_n / sqrt(1 - abar_n) eps_hat) / sqrt(1 - beta_n)
 + sqrt(tilde-beta_n) z (tested).
@@ -16,8 +16,8 @@ from typing import Callable, Optional
 
 import torch
 
-from diffedu._checks import append_dims, check_data, check_kind
-from diffedu.objectives.elbo import VARIANCES, reverse_kernel
+from diffedu._checks import append_dims, check_data, check_kind, check_model
+from diffedu.forward import VARIANCES, reverse_kernel
 from .grids import check_grid
 
 __all__ = ["ancestral_step", "sample_ancestral"]
@@ -60,8 +60,7 @@ def sample_ancestral(model, x: torch.Tensor, ts, *, variance: str = "posterior",
     check_data(x, "x")
     check_kind(variance, VARIANCES, "variance")
     ts = check_grid(ts)
-    if not hasattr(model, "schedule"):
-        raise TypeError("model: expected the model contract model(x_t, t, cond) -> Prediction with a .schedule")
+    check_model(model)
     steps = range(len(ts) - 1)
     if progress:
         from tqdm.auto import tqdm

@@ -25,6 +25,8 @@ import math
 
 import torch
 
+from diffedu._checks import check_schedule
+
 from diffedu.schedules import DiscreteSchedule, Schedule
 
 __all__ = ["grid_uniform", "grid_power", "grid_log_snr", "grid_karras", "grid_ddpm", "check_grid", "sigma_bar_to_t"]
@@ -41,11 +43,6 @@ def _check_ends(t_start, t_end):
             raise ValueError(f"{name}: expected a float in [0, 1] (t = 0 data, t = 1 noise), got {v!r}")
     if not float(t_start) > float(t_end):
         raise ValueError(f"t_start, t_end: a sampling grid runs from noise to data, need t_start > t_end, got {t_start} <= {t_end}")
-
-
-def _check_schedule(schedule):
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule: expected a diffedu.schedules.Schedule, got {type(schedule).__name__}")
 
 
 def check_grid(ts) -> torch.Tensor:
@@ -89,7 +86,7 @@ def grid_power(n_steps: int, power: float = 2.0, t_start: float = 1.0, t_end: fl
 
 def sigma_bar_to_t(schedule: Schedule, sigma_bar: torch.Tensor) -> torch.Tensor:
     """Time t with sigma_t / alpha_t = ``sigma_bar`` (sigma_bar = exp(-lambda_t), lambda the half log-SNR); 0 maps to t = 0."""
-    _check_schedule(schedule)
+    check_schedule(schedule)
     sigma_bar = torch.as_tensor(sigma_bar, dtype=torch.float64)
     if (sigma_bar < 0).any():
         raise ValueError("sigma_bar: expected non-negative noise-to-signal ratios")
@@ -108,7 +105,7 @@ def grid_log_snr(schedule: Schedule, n_steps: int, t_start: float = 1.0, t_end: 
     lambda is infinite at a clean end point (sigma = 0) and at alpha = 0, so both ends must be
     finite there: use ``t_end > 0`` (append 0 yourself for a final step to the data).
     """
-    _check_schedule(schedule)
+    check_schedule(schedule)
     _check_steps(n_steps)
     _check_ends(t_start, t_end)
     l0, l1 = _half_lambda(schedule, t_start), _half_lambda(schedule, t_end)
@@ -127,7 +124,7 @@ def grid_karras(schedule: Schedule, n_steps: int, t_start: float = 1.0, t_end: f
     With ``t_end = 0`` the grid ends exactly at the data (sigma_bar = 0), so the last step is an
     ordinary, shrinking step of the solver rather than a fixed jump (monograph §9.5).
     """
-    _check_schedule(schedule)
+    check_schedule(schedule)
     _check_steps(n_steps)
     _check_ends(t_start, t_end)
     if not isinstance(rho, (int, float)) or not rho > 0:

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from diffedu._checks import append_dims, check_data, check_like, check_positive, check_time
+from diffedu._checks import append_dims, check_data, check_like, check_model, check_positive, check_time
 from .grids import check_grid
 
 __all__ = ["langevin_step", "sample_langevin", "sample_annealed_langevin", "score_function"]
@@ -108,8 +108,7 @@ def sample_annealed_langevin(model, x: torch.Tensor, ts, *, n_steps_each: int = 
     """
     check_data(x, "x")
     ts = check_grid(ts)
-    if not hasattr(model, "schedule"):
-        raise TypeError("model: expected the model contract model(x_t, t, cond) -> Prediction with a .schedule")
+    check_model(model)
     if not isinstance(n_steps_each, int) or n_steps_each < 1:
         raise ValueError(f"n_steps_each: expected a positive int, got {n_steps_each!r}")
     check_positive(step_scale, "step_scale")

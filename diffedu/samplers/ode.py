@@ -50,7 +50,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from diffedu._checks import check_data
+from diffedu._checks import check_data, check_model
 from diffedu.param import Prediction
 from diffedu.schedules import Schedule
 from .grids import check_grid, grid_ddpm, grid_karras, grid_log_snr, grid_power, grid_uniform, sigma_bar_to_t
@@ -126,9 +126,7 @@ class _Table:
 
 
 def _setup(model, x, ts):
-    if not callable(model) or not isinstance(getattr(model, "schedule", None), Schedule):
-        raise TypeError("model: expected a model with the contract model(x_t, t, cond) -> Prediction and a "
-                        f"diffedu Schedule at model.schedule (e.g. param.Denoiser, toy ExactDenoiser), got {type(model).__name__}")
+    check_model(model)
     check_data(x, "x")
     ts = check_grid(ts)
     return _table(model.schedule, ts), ts.numel() - 1

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import torch
 
-from diffedu._checks import check_data, check_positive
+from diffedu._checks import check_data, check_model, check_positive
 from diffedu.sde import diffusion_sq, drift_coef
 from .grids import check_grid
 
@@ -33,11 +33,6 @@ def _times(t, x):
 def _noise(x, generator):
     gdev = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=gdev, dtype=x.dtype).to(x.device)
-
-
-def _check_model(model):
-    if not callable(model) or not hasattr(model, "schedule"):
-        raise TypeError("model: expected the model contract model(x_t, t, cond) -> Prediction with a .schedule")
 
 
 def reverse_sde_step(model, x: torch.Tensor, t: float, s: float, *, cond=None, noise: Optional[torch.Tensor] = None,
@@ -116,7 +111,7 @@ def sample_pc(model, x: torch.Tensor, ts, *, snr: float = 0.16, n_corrector: int
 def _reverse_sde_loop(model, x, ts, n_corrector, snr, cond, generator, denoise, callback, progress, desc):
     """Shared loop of both samplers: ``n_corrector`` Langevin steps at t_i, then one Euler-Maruyama step to t_{i+1}."""
     check_data(x, "x")
-    _check_model(model)
+    check_model(model)
     ts = check_grid(ts)
     for i in _loop(ts, progress, desc):
         for _ in range(n_corrector):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from diffedu.baselines.flows import AffineCoupling, CouplingFlow, cnf_log_prob, cnf_sample
-from diffedu.likelihood.ode import gaussian_prior_log_prob
+from diffedu.gaussian import gaussian_prior_log_prob
 
 
 def _random_flow(dim=2, seed=0):

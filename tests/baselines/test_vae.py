@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from diffedu.objectives.elbo import gaussian_kl
+from diffedu.gaussian import gaussian_kl
 from diffedu.baselines.vae import GaussianVAE
 
 

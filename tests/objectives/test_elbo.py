@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from diffedu import toy
+from diffedu import forward, gaussian, toy
 from diffedu.objectives import elbo
 from diffedu.nets import MLP
 from diffedu.param import Denoiser
@@ -13,26 +13,12 @@ from diffedu.schedules import DiscreteSchedule, VEGeometric, VPCosine, VPLinear
 SCHEDULES = [VPLinear(), VPCosine(), VEGeometric(0.05, 10.0), DiscreteSchedule.linear(1000)]
 
 
-def test_gaussian_kl_and_log_prob_closed_forms():
-    g = torch.Generator().manual_seed(0)
-    mq, mp = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
-    vq, vp = torch.rand(5, generator=g, dtype=torch.float64) + 0.1, torch.rand(5, generator=g, dtype=torch.float64) + 0.1
-    ref = torch.distributions.kl_divergence(
-        torch.distributions.Normal(mq, vq.sqrt()[:, None].expand(5, 3)),
-        torch.distributions.Normal(mp, vp.sqrt()[:, None].expand(5, 3))).sum(1)
-    assert torch.allclose(elbo.gaussian_kl(mq, vq, mp, vp), ref)
-    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
-    ref = torch.distributions.Normal(mq, vq.sqrt()[:, None].expand(5, 3)).log_prob(x).sum(1)
-    assert torch.allclose(elbo.gaussian_log_prob(x, mq, vq), ref)
-    assert torch.allclose(elbo.gaussian_kl(mq, vq, mq, vq), torch.zeros(5, dtype=torch.float64))
-
-
 @pytest.mark.parametrize("sched", SCHEDULES, ids=lambda s: type(s).__name__)
 def test_transition_composes_to_marginal(sched):
     # q(x_t|x_s) o q(x_s|x0) = q(x_t|x0):  alpha_t = alpha_{t|s} alpha_s,  sigma_t^2 = alpha_{t|s}^2 sigma_s^2 + sigma_{t|s}^2
     t = torch.tensor([0.3, 0.7, 0.95], dtype=torch.float64)
     s = torch.tensor([0.1, 0.69, 0.2], dtype=torch.float64)
-    a_ts, v_ts = elbo.transition(sched, t, s)
+    a_ts, v_ts = forward.transition(sched, t, s)
     assert torch.allclose(a_ts * sched.alpha(s), sched.alpha(t))
     assert torch.allclose(a_ts**2 * sched.sigma(s) ** 2 + v_ts, sched.sigma(t) ** 2)
 
@@ -42,8 +28,8 @@ def test_posterior_is_bayes_rule_of_gaussians(sched):
     # Product of q(x_t|x_s) and q(x_s|x0) as a Gaussian in x_s: precision and mean by completing the square.
     t = torch.tensor([0.5, 0.9], dtype=torch.float64)
     s = torch.tensor([0.25, 0.0], dtype=torch.float64)
-    c0, ct, var = elbo.posterior_coefficients(sched, t, s)
-    a_ts, v_ts = elbo.transition(sched, t, s)
+    c0, ct, var = forward.posterior_coefficients(sched, t, s)
+    a_ts, v_ts = forward.transition(sched, t, s)
     a_s, s_s = sched.alpha(s), sched.sigma(s)
     for i in range(2):
         if s_s[i] == 0:  # s = 0 with sigma_0 = 0: the posterior is the point mass at x0
@@ -63,15 +49,15 @@ def test_posterior_matches_monte_carlo_conditional():
     x0 = torch.full((n, 1), 0.7, dtype=torch.float64)
     a_s, s_s = sched.alpha(torch.tensor(s, dtype=torch.float64)), sched.sigma(torch.tensor(s, dtype=torch.float64))
     x_s = a_s * x0 + s_s * torch.randn(n, 1, generator=g, dtype=torch.float64)
-    a_ts, v_ts = elbo.transition(sched, torch.tensor(t, dtype=torch.float64), torch.tensor(s, dtype=torch.float64))
+    a_ts, v_ts = forward.transition(sched, torch.tensor(t, dtype=torch.float64), torch.tensor(s, dtype=torch.float64))
     x_t = a_ts * x_s + v_ts.sqrt() * torch.randn(n, 1, generator=g, dtype=torch.float64)
     cov = torch.cov(torch.cat([x_s, x_t], 1).T)
     slope = cov[0, 1] / cov[1, 1]
     resid = cov[0, 0] - cov[0, 1] ** 2 / cov[1, 1]
-    c0, ct, var = elbo.posterior_coefficients(sched, torch.tensor(t, dtype=torch.float64), torch.tensor(s, dtype=torch.float64))
+    c0, ct, var = forward.posterior_coefficients(sched, torch.tensor(t, dtype=torch.float64), torch.tensor(s, dtype=torch.float64))
     assert abs(slope - ct) < 5e-3
     assert abs(resid / var - 1) < 1e-2
-    mean, v = elbo.forward_posterior(sched, x_t[:5], x0[:5], t, s)
+    mean, v = forward.posterior(sched, x_t[:5], x0[:5], t, s)
     assert torch.allclose(mean, c0 * x0[:5] + ct * x_t[:5])
 
 
@@ -81,12 +67,12 @@ def test_ddpm_posterior_table_equals_continuous_posterior():
     x0, x_n = torch.randn(6, 2, generator=g, dtype=torch.float64), torch.randn(6, 2, generator=g, dtype=torch.float64)
     n = torch.tensor([0, 1, 10, 500, 998, 999])
     mean_tab, var_tab = elbo.ddpm_posterior(ds, x_n, x0, n)
-    mean_c, var_c = elbo.forward_posterior(ds, x_n, x0, ds.timestep_to_t(n), ds.timestep_to_t(n - 1))
+    mean_c, var_c = forward.posterior(ds, x_n, x0, ds.timestep_to_t(n), ds.timestep_to_t(n - 1))
     assert torch.allclose(mean_tab, mean_c, atol=1e-10)
     assert torch.allclose(var_tab, var_c, atol=1e-12, rtol=1e-8)
     # one-step kernel = (sqrt(1 - beta_n), beta_n) = transition between consecutive knots
     scale, beta = elbo.ddpm_forward_kernel(ds, n[1:])
-    a_ts, v_ts = elbo.transition(ds, ds.timestep_to_t(n[1:]), ds.timestep_to_t(n[1:] - 1))
+    a_ts, v_ts = forward.transition(ds, ds.timestep_to_t(n[1:]), ds.timestep_to_t(n[1:] - 1))
     assert torch.allclose(scale, a_ts) and torch.allclose(beta, v_ts, rtol=1e-8)
 
 
@@ -118,7 +104,7 @@ def test_elbo_weights_are_half_snr_difference():
     ts = torch.linspace(0, 0.99, 30, dtype=torch.float64)
     w = elbo.elbo_eps_weights(sched, ts)
     t, s = ts[2:], ts[1:-1]
-    c0, _, var = elbo.posterior_coefficients(sched, t, s)
+    c0, _, var = forward.posterior_coefficients(sched, t, s)
     snr_t = (sched.alpha(t) / sched.sigma(t)) ** 2
     assert torch.allclose(w, c0**2 / (2 * var) / snr_t, rtol=1e-6)
 
@@ -174,9 +160,9 @@ def test_kl_mean_part_is_weighted_eps_error(mixture):
     t, s = ts[2].expand(64), ts[1].expand(64)
     eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
     x_t = sched.alpha(t)[:, None] * x0 + sched.sigma(t)[:, None] * eps
-    mean_p, var_p, pred = elbo.reverse_kernel(model, x_t, t, s)
-    mean_q, var_q = elbo.forward_posterior(sched, x_t, x0, t, s)
-    kl = elbo.gaussian_kl(mean_q, var_q, mean_p, var_p)
+    mean_p, var_p, pred = forward.reverse_kernel(model, x_t, t, s)
+    mean_q, var_q = forward.posterior(sched, x_t, x0, t, s)
+    kl = gaussian.gaussian_kl(mean_q, var_q, mean_p, var_p)
     w = elbo.elbo_eps_weights(sched, ts)
     assert torch.allclose(kl, w * (eps - pred.eps).pow(2).sum(1), rtol=1e-6)
 
@@ -185,9 +171,9 @@ def test_learned_variance_interpolates_and_hybrid_loss_runs():
     ds = DiscreteSchedule.linear(100, beta_end=0.2)
     t, s = torch.tensor([0.5]), torch.tensor([0.49])
     frac = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
-    logv = elbo.reverse_log_variance(ds, t, s, frac, "learned")
-    assert torch.allclose(logv[0, 0], elbo.reverse_log_variance(ds, t, s, kind="posterior")[0])
-    assert torch.allclose(logv[0, 1], elbo.reverse_log_variance(ds, t, s, kind="beta")[0])
+    logv = forward.reverse_log_variance(ds, t, s, frac, "learned")
+    assert torch.allclose(logv[0, 0], forward.reverse_log_variance(ds, t, s, kind="posterior")[0])
+    assert torch.allclose(logv[0, 1], forward.reverse_log_variance(ds, t, s, kind="beta")[0])
     torch.manual_seed(0)
     model = elbo.LearnedVarianceDenoiser(elbo.TwoHeadNet(MLP(2, 32, 2), MLP(2, 32, 2)), ds)
     x0 = torch.randn(32, 2)
@@ -212,7 +198,7 @@ def test_elbo_of_a_denoiser_network_runs_and_is_finite():
 def test_errors_name_the_argument():
     sched = VPLinear()
     with pytest.raises(ValueError, match="s, t"):
-        elbo.transition(sched, 0.2, 0.5)
+        forward.transition(sched, 0.2, 0.5)
     with pytest.raises(TypeError, match="dsched"):
         elbo.ddpm_posterior(sched, torch.zeros(2, 2), torch.zeros(2, 2), 3)
     with pytest.raises(TypeError, match="n:"):
@@ -220,7 +206,7 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="ts"):
         elbo.elbo_eps_weights(sched, torch.tensor([0.1, 0.5, 0.9]))
     with pytest.raises(ValueError, match="var_p"):
-        elbo.gaussian_kl(torch.zeros(2, 2), 1.0, torch.zeros(2, 2), 0.0)
+        gaussian.gaussian_kl(torch.zeros(2, 2), 1.0, torch.zeros(2, 2), 0.0)
 
 
 # ------------------------------------------------------------------ Chapter 2 exercise checkers
@@ -232,11 +218,11 @@ def test_ch02_references_agree_with_the_package():
     x_t, x0, z = (torch.randn(8, 2, generator=g, dtype=torch.float64) for _ in range(3))
     t = torch.full((8,), 0.6, dtype=torch.float64)
     s = torch.full((8,), 0.55, dtype=torch.float64)
-    mean, var = elbo.forward_posterior(sched, x_t, x0, t, s)
+    mean, var = forward.posterior(sched, x_t, x0, t, s)
     assert torch.allclose(ch02.posterior_mean(x_t, x0, t, s, sched), mean)
     w = elbo.elbo_eps_weights(sched, torch.tensor([0.0, 0.55, 0.6], dtype=torch.float64))
     eps, eps_hat = (x_t - sched.alpha(t)[:, None] * x0) / sched.sigma(t)[:, None], z
     x0_hat = (x_t - sched.sigma(t)[:, None] * eps_hat) / sched.alpha(t)[:, None]
     assert torch.allclose(ch02.elbo_step_kl(x0, x0_hat, t, s, sched), w * (eps - eps_hat).pow(2).sum(1))
     frac = torch.rand(8, 2, generator=g, dtype=torch.float64)
-    assert torch.allclose(ch02.learned_log_variance(frac, t, s, sched), elbo.reverse_log_variance(sched, t, s, frac, "learned"))
+    assert torch.allclose(ch02.learned_log_variance(frac, t, s, sched), forward.reverse_log_variance(sched, t, s, frac, "learned"))

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffedu import toy
+from diffedu import forward, toy
 from diffedu.objectives import elbo
 from diffedu.metrics import sliced_wasserstein
 from diffedu.param import Denoiser
@@ -38,7 +38,7 @@ def _propagate_gaussian(sched, ts, m, v):
     for t, s in zip(ts[:-1], ts[1:]):
         a, sg = sched.alpha(t), sched.sigma(t)
         k = a * v / (a**2 * v + sg**2)  # x0_hat = m + k (x_t - a m)
-        c0, ct, pv = elbo.posterior_coefficients(sched, t, s)
+        c0, ct, pv = forward.posterior_coefficients(sched, t, s)
         A, b = c0 * k + ct, c0 * (m - k * a * m)
         mean, var = A * mean + b, A**2 * var + (pv if s > 0 else 0.0)
     return float(mean), float(var)
