@@ -11,8 +11,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["append_dims", "check_data", "check_time", "check_like", "check_kind", "check_positive", "check_schedule",
-           "check_model"]
+__all__ = ["append_dims", "check_data", "check_time", "check_like", "check_kind", "check_positive", "check_finite",
+           "check_schedule", "check_model"]
 
 
 def append_dims(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -113,6 +113,18 @@ def check_positive(value, name: str, *, strict: bool = True, upper=None) -> floa
     if upper is not None and v >= upper:
         raise ValueError(f"{name}: expected a value below {upper}, got {value!r}")
     return v
+
+
+def check_finite(value, name: str) -> float:
+    """A real, finite number (not a bool, not NaN or +-inf; a one-element real tensor is accepted), as a float."""
+    if torch.is_tensor(value) and value.numel() == 1 and value.is_floating_point():
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    return value
 
 
 def check_schedule(schedule, name: str = "schedule"):

@@ -22,19 +22,15 @@ from typing import Callable
 import torch
 from torch import nn
 
-from diffedu._checks import append_dims, check_data, check_model, check_time
+from diffedu._checks import append_dims, check_data, check_finite, check_model, check_time
 from diffedu.param import Prediction, to_x0
-from diffedu.schedules import Schedule, VPLinear
-from diffedu.toy import GaussianMixture
+from diffedu.schedules import Schedule
 
-__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "DPSGuidance", "cfg", "classifier_guidance", "drop_labels",
-           "tilted_log_prob", "sample_tilted", "linear_gaussian_posterior"]
+__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "DPSGuidance", "cfg", "classifier_guidance", "drop_labels"]
 
 
 def _check_scale(w, name="w"):
-    if isinstance(w, bool) or not isinstance(w, (int, float)):
-        raise TypeError(f"{name}: expected a real guidance scale, got {w!r}")
-    return float(w)
+    return check_finite(w, name)
 
 
 def _check_labels(cond, x, name="cond"):
@@ -187,86 +183,3 @@ def drop_labels(labels: torch.Tensor, p: float, null_label: int, generator=None)
 
 
 # ----------------------------------------------------------------------------- exact references on a mixture
-def _check_mixture(mix, labelled=False):
-    if not isinstance(mix, GaussianMixture):
-        raise TypeError(f"mix: expected a diffedu.toy.GaussianMixture, got {type(mix).__name__}")
-    if labelled and mix.labels is None:
-        raise ValueError("mix: expected a labelled mixture (labels=...), e.g. toy.labelled_mixture()")
-    return mix
-
-
-def tilted_log_prob(mix: GaussianMixture, x: torch.Tensor, t, schedule: Schedule, c: torch.Tensor, w: float) -> torch.Tensor:
-    """Unnormalised log of the tilted density (1 + w) log p_t(x | c) - w log p_t(x), shape (B,) (monograph §8.2).
-
-    Its x-gradient is exactly the classifier-free guided score (:class:`ClassifierFreeGuidance`
-    with the exact denoiser); equivalently log p_t(x | c) + w log p_t(c | x) up to a constant in x.
-    """
-    _check_mixture(mix, labelled=True)
-    w = _check_scale(w)
-    c = _check_labels(c, x, "c")
-    return (1 + w) * mix.log_prob_t(x, t, schedule, cond=c) - w * mix.log_prob_t(x, t, schedule)
-
-
-def sample_tilted(mix: GaussianMixture, c: int, w: float, n: int, generator=None, dtype=torch.float64) -> torch.Tensor:
-    """Exact samples of the t = 0 tilted density p(x | c)^(1+w) / p(x)^w, for w >= 0 (monograph §8.2).
-
-    p(x|c)^(1+w) / p(x)^w = p(x|c) (p(c|x) / p(c))^w, and p(c|x)^w <= 1, so rejection sampling from
-    p(x|c) with acceptance probability p(c|x)^w is exact. This is the density CFG *would* sample if
-    the tilted family were the marginals of one diffusion; it is not (the chapter compares the two).
-    """
-    _check_mixture(mix, labelled=True)
-    w = _check_scale(w)
-    if w < 0:
-        raise ValueError(f"w: sample_tilted needs w >= 0 (bounded acceptance ratio), got {w}")
-    if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < mix.num_classes:
-        raise ValueError(f"c: expected a class label in [0, {mix.num_classes}), got {c!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive int, got {n!r}")
-    cond_mix, out, have = mix.conditional(c), [], 0
-    zero = None
-    for _ in range(1000):
-        x = cond_mix.sample(max(2 * n, 256), generator=generator, dtype=torch.float64)
-        if zero is None:
-            zero = torch.zeros(len(x), dtype=torch.float64)
-        # log p_0(c | x) from the exact classifier at t = 0 (any schedule has alpha_0 = 1, sigma_0 = 0)
-        logp = mix.class_log_probs_t(x, zero, VPLinear())[:, c]
-        gdev = generator.device if generator is not None else torch.device("cpu")
-        u = torch.rand(len(x), generator=generator, device=gdev, dtype=torch.float64).cpu()
-        keep = x[u.log() < w * logp]
-        out.append(keep)
-        have += len(keep)
-        if have >= n:
-            return torch.cat(out)[:n].to(dtype)
-    raise RuntimeError(f"sample_tilted: acceptance rate too low for w={w} (accepted {have} of the {n} requested)")
-
-
-def linear_gaussian_posterior(prior: GaussianMixture, A: torch.Tensor, y: torch.Tensor, noise_std: float) -> GaussianMixture:
-    """The exact posterior p(x0 | y) of a Gaussian-mixture prior under y = A x0 + noise_std * n, n ~ N(0, I) (monograph §8.3).
-
-    Bayes per component (the Kalman update): with S_k = A Sigma_k A^T + noise_std^2 I and
-    K_k = Sigma_k A^T S_k^{-1}, the posterior is sum_k w'_k N(mu_k + K_k (y - A mu_k), Sigma_k - K_k A Sigma_k)
-    with w'_k proportional to w_k N(y; A mu_k, S_k). ``A`` is (M, D) (a row selection is inpainting,
-    the identity is denoising), ``y`` is (M,). The training-free samplers of this module (DPS) are
-    checked against it.
-    """
-    _check_mixture(prior)
-    if not torch.is_tensor(A) or A.ndim != 2 or A.shape[1] != prior.dim:
-        raise ValueError(f"A: expected a (M, {prior.dim}) measurement matrix, got "
-                         f"{tuple(A.shape) if torch.is_tensor(A) else type(A).__name__}")
-    A = A.detach().to(torch.float64).cpu()
-    if not torch.is_tensor(y) or y.reshape(-1).shape != (A.shape[0],):
-        raise ValueError(f"y: expected a measurement of shape ({A.shape[0]},), got "
-                         f"{tuple(y.shape) if torch.is_tensor(y) else type(y).__name__}")
-    if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or noise_std <= 0:
-        raise ValueError(f"noise_std: expected a positive measurement noise level, got {noise_std!r}")
-    y = y.detach().to(torch.float64).cpu().reshape(-1)
-    mu, Sig = prior.means, prior.covs
-    S = A @ Sig @ A.T + noise_std**2 * torch.eye(A.shape[0], dtype=torch.float64)       # (K, M, M)
-    gain = torch.linalg.solve(S, A @ Sig).transpose(1, 2)                                 # K_k = Sigma_k A^T S_k^{-1}
-    resid = y - mu @ A.T                                                                  # (K, M)
-    means = mu + (gain @ resid[..., None])[..., 0]
-    covs = Sig - gain @ A @ Sig
-    covs = 0.5 * (covs + covs.transpose(1, 2))
-    log_ev = torch.distributions.MultivariateNormal(torch.zeros_like(y), covariance_matrix=S).log_prob(resid)
-    return GaussianMixture(means, covs=covs, weights=torch.softmax(torch.log(prior.weights) + log_ev, 0).clamp_min(1e-300),
-                           labels=prior.labels)

@@ -126,11 +126,11 @@ def _overlapping_classes():
 def test_sample_tilted_is_exact_rejection_sampling():
     # the rejection sampler's histogram along x1 matches the normalised tilted density p(x|c)^(1+w)/p(x)^w
     mix, sch, w = _overlapping_classes(), schedules.VPLinear(), 2.0
-    x = guidance.sample_tilted(mix, 0, w, 40000, generator=torch.Generator().manual_seed(0))
+    x = toy.sample_tilted(mix, 0, w, 40000, generator=torch.Generator().manual_seed(0))
     grid = torch.linspace(-6, 6, 601, dtype=torch.float64)
     pts = torch.stack([grid.repeat_interleave(601), grid.repeat(601)], -1)
     zero = torch.zeros(len(pts), dtype=torch.float64)
-    logq = guidance.tilted_log_prob(mix, pts, zero, sch, torch.zeros(len(pts), dtype=torch.long), w)
+    logq = toy.tilted_log_prob(mix, pts, zero, sch, torch.zeros(len(pts), dtype=torch.long), w)
     q = (logq - logq.max()).exp().reshape(601, 601)
     q = q / q.sum()
     marg_x1 = q.sum(1)  # marginal of the first coordinate on the grid
@@ -163,8 +163,8 @@ def test_cfg_samples_do_not_follow_the_tilted_data_density(w):
     c = torch.zeros(n, dtype=torch.long)
     guided = ode.sample_dpm_solver_pp_3m(guidance.cfg(model, w, 2), x1, ode.grid_power(40, 2.0), cond=c)
     fine = ode.sample_dpm_solver_pp_3m(guidance.cfg(model, w, 2), x1, ode.grid_power(80, 2.0), cond=c)
-    ref_a = guidance.sample_tilted(mix, 0, w, n, generator=g)
-    ref_b = guidance.sample_tilted(mix, 0, w, n, generator=g)
+    ref_a = toy.sample_tilted(mix, 0, w, n, generator=g)
+    ref_b = toy.sample_tilted(mix, 0, w, n, generator=g)
     gp = torch.Generator().manual_seed(1)
     dist = metrics.sliced_wasserstein(guided, ref_a, generator=gp).item()
     floor = metrics.sliced_wasserstein(ref_b, ref_a, generator=gp).item()
@@ -184,7 +184,7 @@ def test_linear_gaussian_posterior_is_bayes():
     mix = toy.labelled_mixture()
     A = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
     y, s = torch.tensor([1.2], dtype=torch.float64), 0.4
-    post = guidance.linear_gaussian_posterior(mix, A, y, s)
+    post = toy.linear_gaussian_posterior(mix, A, y, s)
     grid = torch.linspace(-7, 7, 401, dtype=torch.float64)
     pts = torch.stack([grid.repeat_interleave(401), grid.repeat(401)], -1)
     loglik = -((y - pts @ A.T) ** 2).sum(-1) / (2 * s**2) - 0.5 * torch.log(torch.tensor(2 * torch.pi * s**2))
@@ -193,7 +193,7 @@ def test_linear_gaussian_posterior_is_bayes():
     assert torch.allclose(post.log_prob(pts), joint - log_evidence, atol=1e-6)
     # denoising (A = I) of a single Gaussian reduces to the textbook Gaussian posterior
     g = toy.gaussian(torch.tensor([1.0, -1.0]), torch.eye(2) * 0.5)
-    pg = guidance.linear_gaussian_posterior(g, torch.eye(2, dtype=torch.float64), torch.tensor([0.0, 0.0]), 1.0)
+    pg = toy.linear_gaussian_posterior(g, torch.eye(2, dtype=torch.float64), torch.tensor([0.0, 0.0]), 1.0)
     assert torch.allclose(pg.means[0], torch.tensor([1.0, -1.0], dtype=torch.float64) * 2 / 3, atol=1e-12)  # mu s^2/(v + s^2)
     assert torch.allclose(pg.covs[0], torch.eye(2, dtype=torch.float64) / 3, atol=1e-12)
 
@@ -207,7 +207,7 @@ def test_dps_inpainting_lands_near_the_exact_posterior():
     mix, sch, n = toy.labelled_mixture(), schedules.VPLinear(), 2000
     model = mix.denoiser(sch)
     A, y, s = torch.tensor([[1.0, 0.0]], dtype=torch.float64), torch.tensor([1.5], dtype=torch.float64), 0.3
-    post = guidance.linear_gaussian_posterior(mix, A, y, s)
+    post = toy.linear_gaussian_posterior(mix, A, y, s)
     g = torch.Generator().manual_seed(0)
     x1 = torch.randn(n, 2, generator=g, dtype=torch.float64)
     dps = guidance.DPSGuidance(model, lambda z: z @ A.T.to(z), y.expand(n, 1), s, zeta=0.3)
@@ -227,17 +227,17 @@ def test_dps_inpainting_lands_near_the_exact_posterior():
 def test_exact_reference_errors():
     mix = toy.labelled_mixture()
     with pytest.raises(ValueError, match="w"):
-        guidance.sample_tilted(mix, 0, -1.0, 10)
+        toy.sample_tilted(mix, 0, -1.0, 10)
     with pytest.raises(ValueError, match="c"):
-        guidance.sample_tilted(mix, 5, 1.0, 10)
+        toy.sample_tilted(mix, 5, 1.0, 10)
     with pytest.raises(ValueError, match="mix"):
-        guidance.sample_tilted(toy.eight_gaussians(), 0, 1.0, 10)
+        toy.sample_tilted(toy.eight_gaussians(), 0, 1.0, 10)
     with pytest.raises(ValueError, match="A"):
-        guidance.linear_gaussian_posterior(mix, torch.ones(1, 3), torch.ones(1), 0.1)
+        toy.linear_gaussian_posterior(mix, torch.ones(1, 3), torch.ones(1), 0.1)
     with pytest.raises(ValueError, match="y"):
-        guidance.linear_gaussian_posterior(mix, torch.ones(1, 2), torch.ones(2), 0.1)
+        toy.linear_gaussian_posterior(mix, torch.ones(1, 2), torch.ones(2), 0.1)
     with pytest.raises(ValueError, match="noise_std"):
-        guidance.linear_gaussian_posterior(mix, torch.ones(1, 2), torch.ones(1), 0.0)
+        toy.linear_gaussian_posterior(mix, torch.ones(1, 2), torch.ones(1), 0.0)
 
 
 # ----------------------------------------------------------------------------- exercise checkers of Chapter 8

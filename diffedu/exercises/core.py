@@ -145,6 +145,75 @@ def _failing_times(failed: list[Case], passed: list[Case]) -> str:
     return text
 
 
+class _Verdict(Exception):
+    """Raised inside a comparison to end the check early with (message, kind)."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.message, self.kind = message, kind
+
+
+def _run_case(fn: Callable, case: Case, expected: torch.Tensor) -> torch.Tensor:
+    """The reader's output on one case as a float64 tensor shaped like ``expected``, or a :class:`_Verdict`."""
+    try:
+        got = fn(*_clone(case.args), **_clone(case.kwargs))
+    except NotImplementedError:
+        raise _Verdict("not attempted yet: replace `raise NotImplementedError(...)` with your solution.",
+                       "not_attempted") from None
+    except Exception as e:  # the reader's code raised: say which input and what
+        raise _Verdict(f"your function raised {type(e).__name__}: {e} (input: {case.label}).", "error") from None
+    try:
+        got_t = _as_tensor(got)
+    except (TypeError, ValueError, RuntimeError):  # e.g. a numpy array of strings or objects
+        got_t = None
+    if got_t is None or got_t.is_complex() or got_t.dtype == torch.bool:
+        what = type(got).__name__ if got_t is None else f"a {got_t.dtype} tensor"
+        raise _Verdict(f"returned {what}, expected a real tensor of shape {tuple(expected.shape)} "
+                       f"(input: {case.label}).", "type")
+    if tuple(got_t.shape) != tuple(expected.shape):
+        raise _Verdict(f"wrong shape: got {tuple(got_t.shape)}, expected {tuple(expected.shape)} "
+                       f"(input: {case.label}).", "shape")
+    return got_t.detach().to(device=expected.device, dtype=torch.float64)
+
+
+def _check_finite_where_expected(got: torch.Tensor, expected: torch.Tensor, case: Case) -> None:
+    bad_nan = torch.isfinite(expected) & ~torch.isfinite(got)
+    if bad_nan.any():
+        idx = tuple(int(i) for i in bad_nan.nonzero()[0].tolist())
+        value = got[idx].item()
+        what = "NaN" if math.isnan(value) else ("-inf" if value < 0 else "inf")
+        hint = {"-inf": " exp() of a very negative number underflows to 0 and log(0) = -inf: "
+                        "stay in log space (torch.logsumexp).",
+                "inf": " Something overflowed: stay in log space where you can."}.get(what, "")
+        raise _Verdict(f"{what} in your output at index {idx} where the reference is "
+                       f"{_fmt(expected[idx].item())} (input: {case.label}).{hint}", "nan")
+
+
+def _explain(outs, refs, ok_cases, bad_cases, n: int, atol: float):
+    """(message, kind) for failing cases: sign, scale, offset, input-dependent scale, or plain wrong values."""
+    times = _failing_times(bad_cases, ok_cases)
+    where = f"{len(bad_cases)} of {n} inputs"
+    ratio, offset = _ratio_and_offset(outs, refs, atol)
+    if ratio is not None and abs(ratio + 1) < 1e-3:
+        return f"wrong sign: your output is -1 x the reference{times} ({where}).", "sign"
+    if ratio is not None and abs(ratio) > 1e-8:
+        return f"wrong scale: your output is {_fmt(ratio)} x the reference{times} ({where}).", "scale"
+    if offset is not None:
+        return (f"off by a constant: your output is the reference {'+' if offset >= 0 else '-'} "
+                f"{_fmt(abs(offset))}{times} ({where}); a missing normalising constant?", "offset")
+    # per-case ratios that differ between inputs: a scale error that depends on the input
+    ratios = [_ratio_and_offset([o], [r], atol)[0] for o, r in zip(outs, refs)]
+    if all(v is not None for v in ratios):
+        per = ", ".join(f"{_fmt(v)} ({c.label})" for v, c in list(zip(ratios, bad_cases))[:3])
+        return f"wrong scale that depends on the input{times}: ratios yours/reference = {per}.", "scale"
+    o, r = outs[0], refs[0]
+    err = (o - r).abs()
+    i = int(err.argmax())
+    detail = (f"max |error| {_fmt(err.max().item())} at flat index {i} (yours {_fmt(o[i].item())}, "
+              f"reference {_fmt(r[i].item())})")
+    return f"wrong values{times} ({where}); first failing input: {bad_cases[0].label}: {detail}.", "values"
+
+
 def diagnose(
     fn: Callable,
     reference: Callable,
@@ -154,11 +223,15 @@ def diagnose(
     rtol: float = 1e-4,
     atol: float = 1e-5,
 ) -> CheckResult:
-    """Run ``fn`` and ``reference`` on every case and return a :class:`CheckResult` (never raises).
+    """Run ``fn`` and ``reference`` on every case and return a :class:`CheckResult` (never raises on the reader's code).
 
-    ``rtol``/``atol`` are the tolerances of ``torch.allclose`` between the two outputs.
+    ``rtol``/``atol`` are the tolerances of ``torch.allclose`` between the two outputs. A result
+    the reader returned that is not a real tensor (None, a string, complex values) is a
+    ``"type"`` verdict; an empty list of cases is a mistake of the checker and raises ValueError.
     """
     cases = list(cases)
+    if not cases:
+        raise ValueError("cases: a check needs at least one test input (got none), or it would pass vacuously")
     tag = f"[Exercise {exercise}] " if exercise else ""
     n = len(cases)
 
@@ -168,73 +241,23 @@ def diagnose(
     outs, refs, ok_cases, bad_cases = [], [], [], []
     for case in cases:
         with torch.no_grad():
-            expected = reference(*case.args, **case.kwargs)
-        expected = _as_tensor(expected)
+            expected = _as_tensor(reference(*case.args, **case.kwargs)).detach().double()
         try:
-            got = fn(*_clone(case.args), **_clone(case.kwargs))
-        except NotImplementedError:
-            return result(False, "not attempted yet: replace `raise NotImplementedError(...)` with your solution.",
-                          "not_attempted")
-        except Exception as e:  # the reader's code raised: say which input and what
-            return result(False, f"your function raised {type(e).__name__}: {e} (input: {case.label}).", "error")
-        got_t = _as_tensor(got)
-        if got_t is None:
-            return result(False, f"returned {type(got).__name__}, expected a tensor of shape "
-                                 f"{tuple(expected.shape)} (input: {case.label}).", "type")
-        if tuple(got_t.shape) != tuple(expected.shape):
-            return result(False, f"wrong shape: got {tuple(got_t.shape)}, expected {tuple(expected.shape)} "
-                                 f"(input: {case.label}).", "shape")
-        got_t = got_t.detach().to(device=expected.device, dtype=torch.float64)
-        exp64 = expected.detach().double()
-        finite = torch.isfinite(exp64)
-        bad_nan = finite & ~torch.isfinite(got_t)
-        if bad_nan.any():
-            idx = tuple(int(i) for i in bad_nan.nonzero()[0].tolist())
-            value = got_t[idx].item()
-            what = "NaN" if math.isnan(value) else ("-inf" if value < 0 else "inf")
-            hint = {"-inf": " exp() of a very negative number underflows to 0 and log(0) = -inf: "
-                            "stay in log space (torch.logsumexp).",
-                    "inf": " Something overflowed: stay in log space where you can."}.get(what, "")
-            return result(False, f"{what} in your output at index {idx} where the reference is "
-                                 f"{_fmt(exp64[idx].item())} (input: {case.label}).{hint}", "nan")
-        if torch.allclose(got_t[finite], exp64[finite], rtol=rtol, atol=atol):
+            got = _run_case(fn, case, expected)
+            _check_finite_where_expected(got, expected, case)
+        except _Verdict as v:
+            return result(False, v.message, v.kind)
+        finite = torch.isfinite(expected)
+        if torch.allclose(got[finite], expected[finite], rtol=rtol, atol=atol):
             ok_cases.append(case)
         else:
             bad_cases.append(case)
-            outs.append(got_t[finite])
-            refs.append(exp64[finite])
+            outs.append(got[finite])
+            refs.append(expected[finite])
     if not bad_cases:
         return result(True, f"passed: your function agrees with the reference on all {n} test inputs.", "ok", n)
-
-    times = _failing_times(bad_cases, ok_cases)
-    where = f"{len(bad_cases)} of {n} inputs"
-    ratio, offset = _ratio_and_offset(outs, refs, atol)
-    if ratio is not None and abs(ratio + 1) < 1e-3:
-        return result(False, f"wrong sign: your output is -1 x the reference{times} ({where}).", "sign", len(ok_cases))
-    if ratio is not None and abs(ratio) > 1e-8:
-        return result(False, f"wrong scale: your output is {_fmt(ratio)} x the reference{times} ({where}).",
-                      "scale", len(ok_cases))
-    if offset is not None:
-        return result(False, f"off by a constant: your output is the reference {'+' if offset >= 0 else '-'} "
-                             f"{_fmt(abs(offset))}{times} ({where}); a missing normalising constant?",
-                      "offset", len(ok_cases))
-    # per-case ratios that differ between inputs: a scale error that depends on the input
-    ratios = []
-    for o, r in zip(outs, refs):
-        ro, _ = _ratio_and_offset([o], [r], atol)
-        ratios.append(ro)
-    first = bad_cases[0]
-    o, r = outs[0], refs[0]
-    err = (o - r).abs()
-    i = int(err.argmax())
-    detail = (f"max |error| {_fmt(err.max().item())} at flat index {i} (yours {_fmt(o[i].item())}, "
-              f"reference {_fmt(r[i].item())})")
-    if all(v is not None for v in ratios):
-        per = ", ".join(f"{_fmt(v)} ({c.label})" for v, c in list(zip(ratios, bad_cases))[:3])
-        return result(False, f"wrong scale that depends on the input{times}: ratios yours/reference = {per}.",
-                      "scale", len(ok_cases))
-    return result(False, f"wrong values{times} ({where}); first failing input: {first.label}: {detail}.",
-                  "values", len(ok_cases))
+    message, kind = _explain(outs, refs, ok_cases, bad_cases, n, atol)
+    return result(False, message, kind, len(ok_cases))
 
 
 def _clone(obj):
