@@ -48,16 +48,22 @@ install: $(VENV)/.installed vendor
 vendor: book/_vendor/.stamp
 
 # ---------------------------------------------------------------- the two commands
-book: install
-	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going $(BOOK_FLAGS)
-	@echo
-	@echo "The book is built: $(CURDIR)/_build/html/index.html"
+# reader mode builds into _build/, CI mode (DIFFEDU_FAST=1) into _build/fast/_build/: each keeps
+# its own jupyter-cache, so switching modes does not throw the other's outputs away
+BOOK_OUT := $(if $(filter-out 0 false no,$(DIFFEDU_FAST)),_build/fast,.)
 
-# one pytest run: the tests, and every chapter notebook through nbval (errors fail, outputs are
-# not compared); pytest's exit code 5 ("no tests collected") is a failure too
+book: install
+	$(PY) scripts/execute_notebooks.py --cache $(BOOK_OUT)/_build/.jupyter_cache
+	$(VENV)/bin/jupyter-book build . --path-output $(BOOK_OUT) --warningiserror --keep-going $(BOOK_FLAGS)
+	@echo
+	@echo "The book is built: $(abspath $(BOOK_OUT))/_build/html/index.html"
+
+# one pytest run: the package tests, and the book built in CI mode (tests/test_book.py), which
+# executes every chapter notebook once, in parallel (an error or a failed quality assertion in
+# any notebook fails it); pytest's exit code 5 ("no tests collected") is a failure too.
+# One notebook alone: DIFFEDU_FAST=1 .venv/bin/python -m pytest --nbval-lax --nbval-current-env chapters/ch05_flow_matching.ipynb
 test: install
-	@rc=0; DIFFEDU_FAST=1 $(PY) -m pytest tests chapters --nbval-lax --nbval-current-env \
-		--nbval-cell-timeout=900 -p no:cacheprovider $(PYTEST_FLAGS) || rc=$$?; \
+	@rc=0; DIFFEDU_FAST=1 $(PY) -m pytest tests -p no:cacheprovider $(PYTEST_FLAGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
 # ---------------------------------------------------------------- classroom and housekeeping

@@ -30,7 +30,8 @@ def repo_notebooks(folder: str = "chapters") -> list[Path]:
 
 
 def chapter_notebooks() -> list[Path]:
-    return [p for p in repo_notebooks() if p.name.startswith("ch")]
+    """Every notebook of chapters/ (numbered chapters chNN_*, appendices and the image chapters)."""
+    return [p for p in repo_notebooks() if not p.name.startswith("_")]
 
 
 @pytest.fixture(scope="session")

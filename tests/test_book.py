@@ -38,16 +38,36 @@ def _build(source: Path, out: Path, env_extra=None) -> subprocess.CompletedProce
     )
 
 
+def _execute(out: Path) -> subprocess.CompletedProcess:
+    """Execute every chapter in parallel into the build's cache (scripts/execute_notebooks.py), as `make book` does."""
+    env = dict(os.environ, DIFFEDU_FAST="1")
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "execute_notebooks.py"), "--cache",
+                           str(out / "_build" / ".jupyter_cache")], capture_output=True, text=True, env=env,
+                          timeout=BUILD_TIMEOUT, cwd=ROOT)
+
+
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory) -> Path:
     _vendored()
     out = tmp_path_factory.mktemp("book")
+    ex = _execute(out)
+    print(ex.stdout)
+    assert ex.returncode == 0, f"a notebook failed (CI mode):\n{ex.stdout[-3000:]}\n{ex.stderr[-8000:]}"
     proc = _build(ROOT, out)
     log = proc.stdout[-6000:] + proc.stderr[-6000:]
     assert proc.returncode == 0, f"the book build failed:\n{log}"
     html = out / "_build" / "html"
     assert (html / "index.html").exists()
     return html
+
+
+def test_an_unchanged_rebuild_executes_nothing(built_book):
+    import time
+
+    start = time.perf_counter()
+    ex = _execute(built_book.parents[1])
+    assert ex.returncode == 0 and "executing 0 with" in ex.stdout, ex.stdout
+    assert time.perf_counter() - start < 60
 
 
 def _toc_pages() -> list[str]:

@@ -1,7 +1,8 @@
 """Notebook hygiene: committed without outputs, the standard set-up cell, listed in the toc.
 
-Executing the notebooks is nbval's job (`make test` runs `pytest --nbval-lax chapters`); the
-exercise cells are tested in test_exercises.py and the rendered book in test_book.py.
+Executing the notebooks is the book build's job (tests/test_book.py runs
+scripts/execute_notebooks.py, every notebook of the toc once, in parallel, then builds); the
+exercise cells are tested in tests/exercises/ and the rendered book in test_book.py.
 """
 from __future__ import annotations
 
@@ -35,8 +36,12 @@ def _toc_files(node) -> list[str]:
     return files
 
 
-def test_there_are_chapters():
-    assert CHAPTERS, "no chapter notebooks found in chapters/"
+def test_the_build_executes_exactly_the_chapters():
+    import execute_notebooks
+
+    executed = {p.resolve() for p in execute_notebooks.toc_notebooks()}
+    assert executed == {p.resolve() for p in CHAPTERS}, "every notebook in chapters/ must be in _toc.yml and executed"
+    assert len(CHAPTERS) >= 8
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
