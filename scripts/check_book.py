@@ -89,7 +89,33 @@ PROBE_BODY = """<script>
     var resources = performance.getEntriesByType('resource').map(function (r) {
       return {url: r.name.slice(0, 300), status: r.responseStatus === undefined ? null : r.responseStatus};
     });
+    // prose left as TeX after MathJax ran: text outside code, math, outputs and scripts
+    var SKIP = 'pre, code, script, style, mjx-container, .math, .cell_output, .output, .highlight, ' +
+               '.MathJax, mjx-assistive-mml, .headerlink, nav, .bd-sidebar-primary, .bd-sidebar-secondary';
+    var TEX = /(\\$|\\\\(?:alpha|beta|gamma|sigma|lambda|mathcal|mathbb|mathrm|frac|sqrt|nabla|mid|left|right|begin|end|sum|int|log|exp|bar|tilde|hat|text|operatorname|partial|epsilon|varepsilon|theta|mu|top|in|le|ge|cdot|times|infty|to)\\b|\\^\\{|_\\{)/;
+    var raw = [];
+    var root = document.querySelector('main') || document.body;
+    var walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT, null);
+    var node;
+    while ((node = walker.nextNode())) {
+      var el = node.parentElement;
+      if (!el || el.closest(SKIP)) continue;
+      var txt = node.nodeValue;
+      var m = TEX.exec(txt);
+      if (m) raw.push(txt.slice(Math.max(0, m.index - 30), m.index + 40).replace(/\\s+/g, ' '));
+    }
+    var mathErrors = document.querySelectorAll('mjx-merror, [data-mjx-error], .MathJax_Error').length;
+    // code that does not fit the column: an input cell's <pre> wider than its box
+    var wide = Array.prototype.filter.call(document.querySelectorAll('.cell_input pre, div.highlight pre'), function (el) {
+      return el.scrollWidth > el.clientWidth + 2;
+    }).map(function (el) {
+      var longest = el.textContent.split('\\n').reduce(function (a, b) { return b.length > a.length ? b : a; }, '');
+      return longest.slice(0, 100);
+    });
     var out = {
+      raw_tex: raw,
+      math_errors: mathErrors,
+      wide_code: wide,
       url: location.href,
       title: document.title,
       mathjax_loaded: !!(window.MathJax && window.MathJax.startup),
@@ -355,6 +381,16 @@ def problems(report: PageReport, *, expect_math=True, expect_figures=True, expec
             out.append(f"{report.page}: no math typeset by MathJax (no mjx-container)")
         if p["untypeset_math"]:
             out.append(f"{report.page}: {p['untypeset_math']} math nodes left untypeset")
+    if p.get("math_errors"):
+        out.append(f"{report.page}: {p['math_errors']} MathJax error elements")
+    for frag in p.get("raw_tex", [])[:10]:
+        out.append(f"{report.page}: raw TeX in the prose: ...{frag}...")
+    if len(p.get("raw_tex", [])) > 10:
+        out.append(f"{report.page}: ... {len(p['raw_tex']) - 10} more raw TeX fragments")
+    for line in p.get("wide_code", [])[:5]:
+        out.append(f"{report.page}: code wider than the column (scrolls sideways): {line!r}")
+    if len(p.get("wide_code", [])) > 5:
+        out.append(f"{report.page}: ... {len(p['wide_code']) - 5} more code blocks wider than the column")
     if expect_figures:
         imgs = [i for i in p["images"] if not i["src"].endswith(".svg")]
         if not imgs:

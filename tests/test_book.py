@@ -107,7 +107,7 @@ def test_pages_render_offline_in_a_browser(built_book):
     import check_book
 
     chromium = _chromium_or_skip()
-    chapters = sorted(p.relative_to(built_book).as_posix() for p in (built_book / "chapters").glob("ch*.html"))
+    chapters = sorted(p.relative_to(built_book).as_posix() for p in (built_book / "chapters").glob("*.html"))
     assert chapters, "no chapter pages were built"
     pages = ["book/intro.html", "book/notation.html", *chapters]
     reports = check_book.check_pages(built_book, pages, screenshot_dir=ARTIFACTS / "screenshots", chromium=chromium)
@@ -145,6 +145,28 @@ def _tiny_book(tmp_path: Path, code: str) -> Path:
                 nbformat.v4.new_code_cell(code)]
     nbformat.write(nb, src / "page.ipynb")
     return src
+
+
+def test_the_browser_check_catches_raw_tex_and_long_code_is_wrapped(tmp_path):
+    """The page check fails on prose left as TeX; a code line longer than the column wraps, never scrolls."""
+    import check_book
+
+    chromium = _chromium_or_skip()
+    _vendored()
+    src = _tiny_book(tmp_path, "y = 1")
+    nb = nbformat.read(src / "page.ipynb", as_version=4)
+    nb.cells.insert(1, nbformat.v4.new_markdown_cell("Stray TeX outside math: \\mathcal N(0, I) and g_{t}.\n\n"
+                                                     "Fine math: $\\alpha_t x_0$."))
+    nb.cells.append(nbformat.v4.new_code_cell("z = 1  # " + "a very long comment " * 12))
+    nbformat.write(nb, src / "page.ipynb")
+    proc = _build(src, tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = tmp_path / "out" / "_build" / "html"
+    report = check_book.check_pages(html, ["page.html"], chromium=chromium)[0]
+    found = check_book.problems(report, expect_math=True, expect_figures=False)
+    assert any("raw TeX" in f and "mathcal" in f for f in found), found
+    assert report.probe["wide_code"] == [], "the book's CSS wraps long code lines"
+    assert report.probe["mjx_containers"] >= 1
 
 
 @pytest.mark.parametrize("code, why", [
