@@ -97,3 +97,35 @@ def test_exercise_cells_follow_the_convention(path):
             nxt = next((c for c in cells[i + 1:] if c.cell_type == "code"), None)
             assert nxt is not None and "check" in nxt.metadata.get("tags", []), \
                 f"{path.name} cell {i}: the code cell after a solution must be tagged 'check'"
+
+
+def _numbered_chapters(toc) -> list[str]:
+    """The chapter files of the toc's numbered parts, in the order the book numbers them."""
+    return [c["file"] for part in toc.get("parts", []) if part.get("numbered") for c in part.get("chapters", [])]
+
+
+def test_the_book_numbers_chapters_as_the_monograph_does():
+    # Sphinx numbers the chapters of numbered parts consecutively across parts (use_multitoc_numbering),
+    # so chapter k of the book is the k-th numbered file: it must be the monograph's chapter k.
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    assert _config()["html"].get("use_multitoc_numbering") is True
+    files = _numbered_chapters(toc)
+    assert files, "no numbered chapters in _toc.yml"
+    for k, f in enumerate(files, start=1):
+        m = re.match(r"chapters/ch(\d\d)_", f)
+        assert m and int(m.group(1)) == k, (
+            f"_toc.yml: the book would number {f} as chapter {k}; only chapters chNN_* whose NN follows on "
+            "from the chapter before may be in a numbered part (move the others to an unnumbered part)")
+    for part in toc.get("parts", []):
+        if not part.get("numbered"):
+            assert not any(re.match(r"chapters/ch\d\d_", c["file"]) for c in part.get("chapters", [])
+                           if c["file"] not in files), f"numbered chapter in an unnumbered part: {part.get('caption')}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_headings_carry_no_number_of_their_own(path):
+    # the book numbers the headings itself ("9.3. Error against NFE"); a hand-written "9.3" would show twice
+    nb = nbformat.read(path, as_version=4)
+    numbered = [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines()
+                if re.match(r"^#{1,6}\s+(\d+(\.\d+)*\.?|[A-Z]\.\d+(\.\d+)*)\s", line)]
+    assert not numbered, f"{path.name}: headings with a hand-written number: {numbered}"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-matplotlib = pytest.importorskip("matplotlib")
+import matplotlib  # a hard dependency of diffedu: no skip
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.animation import FuncAnimation  # noqa: E402
