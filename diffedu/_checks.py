@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 __all__ = ["append_dims", "check_data", "check_time", "check_like", "check_kind", "check_positive", "check_finite",
-           "check_schedule", "check_model"]
+           "check_int", "check_generator", "check_callable", "check_schedule", "check_model"]
 
 
 def append_dims(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -86,24 +86,30 @@ def check_time(t, x: Optional[torch.Tensor] = None, name: str = "t", *, allow_sc
     return t
 
 
-def check_like(y, x: torch.Tensor, name: str, ref: str = "x") -> torch.Tensor:
-    """Check that ``y`` is a tensor with exactly the shape of ``x``."""
+def check_like(y, x: torch.Tensor, name: str, ref: str = "x", *, allow_nonfinite: bool = False) -> torch.Tensor:
+    """Check that ``y`` is a floating tensor with exactly the shape of ``x`` and finite entries."""
     if not torch.is_tensor(y):
         raise TypeError(f"{name}: expected a torch.Tensor shaped like {ref} {tuple(x.shape)}, got {type(y).__name__}")
     if y.shape != x.shape:
         raise ValueError(f"{name}: expected shape {tuple(x.shape)} (same as {ref}), got {tuple(y.shape)}")
+    if not y.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {y.dtype}")
+    if not allow_nonfinite and not torch.isfinite(y).all():
+        raise ValueError(f"{name}: contains NaN or inf")
     return y
 
 
 def check_kind(kind: str, allowed, name: str = "kind") -> str:
     """Check that ``kind`` is one of ``allowed`` strings."""
-    if kind not in allowed:
+    if not isinstance(kind, str) or kind not in allowed:
         raise ValueError(f"{name}: unknown value {kind!r}; expected one of {sorted(allowed)}")
     return kind
 
 
 def check_positive(value, name: str, *, strict: bool = True, upper=None) -> float:
     """Check a real parameter is finite and positive (or non-negative), optionally below ``upper``."""
+    if isinstance(value, (bool, str)):
+        raise TypeError(f"{name}: expected a real number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -113,6 +119,29 @@ def check_positive(value, name: str, *, strict: bool = True, upper=None) -> floa
     if upper is not None and v >= upper:
         raise ValueError(f"{name}: expected a value below {upper}, got {value!r}")
     return v
+
+
+def check_int(value, name: str, minimum: int = 1) -> int:
+    """An int (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return value
+
+
+def check_generator(generator, name: str = "generator"):
+    """None (torch's global RNG) or a torch.Generator."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name}: expected a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
+def check_callable(fn, name: str, what: str = "a function"):
+    """A callable (``what`` says which one, for the message)."""
+    if not callable(fn):
+        raise TypeError(f"{name}: expected {what}, got {type(fn).__name__}")
+    return fn
 
 
 def check_finite(value, name: str) -> float:

@@ -23,7 +23,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from diffedu._checks import check_data, check_kind, check_like
+from diffedu._checks import check_data, check_generator, check_kind, check_like
 
 __all__ = ["jacobian_trace", "hutchinson_trace", "quadratic_form", "random_probe", "PROBES"]
 
@@ -61,6 +61,7 @@ def random_probe(x: torch.Tensor, kind: str = "rademacher", generator: Optional[
     """A probe z shaped like x with E[z z^T] = I: Rademacher (+-1) or standard Gaussian (monograph §4.5)."""
     check_data(x, "x")
     check_kind(kind, PROBES, "kind")
+    check_generator(generator)
     gdev = generator.device if generator is not None else x.device
     if kind == "rademacher":
         z = torch.randint(0, 2, x.shape, generator=generator, device=gdev).to(x.dtype) * 2 - 1
@@ -100,6 +101,7 @@ def hutchinson_trace(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
         raise ValueError(f"n_probes: expected a positive int, got {n_probes!r}")
     check_kind(kind, PROBES, "kind")
+    check_generator(generator)
     with torch.enable_grad():
         x, out = _evaluate(fn, x)
         if probe is not None:

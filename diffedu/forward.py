@@ -10,7 +10,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
-from diffedu._checks import append_dims, check_data, check_kind, check_like, check_schedule, check_time
+from diffedu._checks import append_dims, check_data, check_finite, check_generator, check_int, check_kind, check_like, check_model, check_positive, check_schedule, check_time
 from diffedu.schedules import Schedule
 
 __all__ = ["NoisySample", "add_noise", "sample_times", "independent_coupling", "ot_coupling",
@@ -56,9 +56,10 @@ def sample_times(n: int, *, kind: str = "uniform", t_min: float = 1e-3, t_max: f
     estimate of the same expectation, as in VDM); ``"logit_normal"`` (t = sigmoid(loc + scale z),
     as in SD3), rescaled into [t_min, t_max].
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive int batch size, got {n!r}")
+    check_int(n, "n")
     check_kind(kind, TIME_DISTRIBUTIONS, "kind")
+    check_generator(generator)
+    loc, scale = check_finite(loc, "loc"), check_positive(scale, "scale")
     if not (0.0 <= t_min < t_max <= 1.0):
         raise ValueError(f"t_min, t_max: expected 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
     if kind == "uniform":
@@ -208,7 +209,7 @@ def reverse_kernel(model, x_t: torch.Tensor, t, s, *, variance: str = "posterior
     check_kind(variance, VARIANCES, "variance")
     check_data(x_t, "x_t")
     t, s = _pair(t, s, x_t)
-    sched = model.schedule
+    sched = check_model(model).schedule
     t_model = t.to(x_t.dtype).expand(x_t.shape[0])
     if variance == "learned":
         if not hasattr(model, "predict_with_variance"):

@@ -13,7 +13,7 @@ from typing import Union
 
 import torch
 
-from diffedu._checks import append_dims, check_data, check_like
+from diffedu._checks import append_dims, check_data, check_like, check_positive
 
 __all__ = ["gaussian_log_prob", "gaussian_kl", "gaussian_prior_log_prob", "LOG_2PI"]
 
@@ -30,8 +30,8 @@ def _as_var(var, x, name):
         if isinstance(var, bool) or not isinstance(var, (int, float)):
             raise TypeError(f"{name}: expected a number or a tensor of variances, got {type(var).__name__}")
         var = torch.as_tensor(float(var), dtype=x.dtype, device=x.device)
-    if torch.isnan(var).any():
-        raise ValueError(f"{name}: contains NaN")
+    if not torch.isfinite(var).all():
+        raise ValueError(f"{name}: contains NaN or inf")
     if var.ndim == 1 and x.ndim > 1 and var.shape[0] == x.shape[0]:
         var = append_dims(var, x)
     try:
@@ -73,7 +73,9 @@ def gaussian_kl(mean_q: torch.Tensor, var_q, mean_p: torch.Tensor, var_p) -> tor
 def gaussian_prior_log_prob(x: torch.Tensor, std: Union[float, torch.Tensor] = 1.0) -> torch.Tensor:
     """log N(x; 0, std^2 I) per example, shape (B,): the prior p_1 = N(0, sigma_1^2 I) (monograph §4.3, §4.5)."""
     check_data(x, "x")
+    if not torch.is_tensor(std):
+        std = check_positive(std, "std")
     std = torch.as_tensor(std, dtype=x.dtype, device=x.device)
-    if std.ndim != 0 or not bool(std > 0):
-        raise ValueError(f"std: expected a positive scalar, got {std}")
+    if std.ndim != 0 or not bool(std > 0) or not bool(torch.isfinite(std)):
+        raise ValueError(f"std: expected a positive finite scalar, got {std}")
     return gaussian_log_prob(x, torch.zeros_like(x), std**2)

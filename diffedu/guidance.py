@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from diffedu._checks import append_dims, check_data, check_finite, check_model, check_time
+from diffedu._checks import append_dims, check_data, check_finite, check_generator, check_int, check_model, check_time
 from diffedu.param import Prediction, to_x0
 from diffedu.schedules import Schedule
 
@@ -173,10 +173,14 @@ def classifier_guidance(model, classifier: Callable, w: float) -> ClassifierGuid
 
 def drop_labels(labels: torch.Tensor, p: float, null_label: int, generator=None) -> torch.Tensor:
     """Label dropout for CFG training (monograph §8.2): replace each label by ``null_label`` with probability ``p``."""
-    if not torch.is_tensor(labels) or labels.is_floating_point() or labels.ndim != 1:
+    if not torch.is_tensor(labels) or labels.is_floating_point() or labels.ndim != 1 or labels.numel() == 0:
         raise ValueError("labels: expected integer class labels of shape (B,)")
-    if not (isinstance(p, (int, float)) and 0 <= p <= 1):
+    if (labels < 0).any():
+        raise ValueError(f"labels: class labels must be non-negative, got {int(labels.min())}")
+    if isinstance(p, bool) or not (isinstance(p, (int, float)) and 0 <= p <= 1):
         raise ValueError(f"p: expected a dropout probability in [0, 1], got {p!r}")
+    check_int(null_label, "null_label", 0)
+    check_generator(generator)
     dev = generator.device if generator is not None else labels.device
     drop = torch.rand(labels.shape, generator=generator, device=dev).to(labels.device) < p
     return torch.where(drop, torch.full_like(labels, null_label), labels)

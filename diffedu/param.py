@@ -38,6 +38,7 @@ def target_coefficients(kind: str, t: torch.Tensor, schedule: Schedule):
     """(A_t, B_t) with target = A_t x0 + B_t eps for prediction ``kind`` (monograph Table 6.1)."""
     check_kind(kind, KINDS, "kind")
     check_schedule(schedule)
+    t = check_time(t)
     a, s = schedule.alpha(t), schedule.sigma(t)
     if kind == "x0":
         return torch.ones_like(a), torch.zeros_like(a)
@@ -60,8 +61,7 @@ def _velocity_det(t, x_t, schedule):
     return a, s, da, ds, a * ds - s * da  # det > 0 whenever the log-SNR decreases
 
 
-def to_x0(out: torch.Tensor, kind: str, x_t: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
-    """x0 (or E[x0|x_t] for a marginal prediction) from a prediction of ``kind`` (monograph §6.3)."""
+def _to_x0(out, kind, x_t, t, schedule):
     if kind == "x0":
         return out
     if kind == "velocity":
@@ -77,8 +77,7 @@ def to_x0(out: torch.Tensor, kind: str, x_t: torch.Tensor, t: torch.Tensor, sche
     raise ValueError(f"kind: unknown value {kind!r}; expected one of {sorted(KINDS)}")
 
 
-def to_eps(out: torch.Tensor, kind: str, x_t: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
-    """eps (or E[eps|x_t]) from a prediction of ``kind`` (monograph §6.3)."""
+def _to_eps(out, kind, x_t, t, schedule):
     if kind == "eps":
         return out
     if kind == "velocity":
@@ -94,8 +93,7 @@ def to_eps(out: torch.Tensor, kind: str, x_t: torch.Tensor, t: torch.Tensor, sch
     raise ValueError(f"kind: unknown value {kind!r}; expected one of {sorted(KINDS)}")
 
 
-def from_x0_eps(x0: Optional[torch.Tensor], eps: Optional[torch.Tensor], kind: str, t: torch.Tensor, schedule: Schedule):
-    """The ``kind`` target A_t x0 + B_t eps (monograph Table 6.1); pass only what ``kind`` needs."""
+def _from_x0_eps(x0, eps, kind, t, schedule):
     ref = x0 if x0 is not None else eps
     if kind == "x0":
         return x0
@@ -108,6 +106,39 @@ def from_x0_eps(x0: Optional[torch.Tensor], eps: Optional[torch.Tensor], kind: s
 
 
 _NEEDS = {"x0": ("x0",), "eps": ("eps",), "score": ("eps",), "v": ("x0", "eps"), "velocity": ("x0", "eps")}
+
+
+def _checked(out, kind, x_t, t, schedule, out_name="out"):
+    check_kind(kind, KINDS, "kind")
+    check_schedule(schedule)
+    check_data(x_t, "x_t")
+    check_like(out, x_t, out_name, "x_t")
+    return check_time(t, x_t)
+
+
+def to_x0(out: torch.Tensor, kind: str, x_t: torch.Tensor, t, schedule: Schedule) -> torch.Tensor:
+    """x0 (or E[x0|x_t] for a marginal prediction) from a prediction ``out`` of ``kind`` at (x_t, t) (monograph §6.3)."""
+    t = _checked(out, kind, x_t, t, schedule)
+    return _to_x0(out, kind, x_t, t, schedule)
+
+
+def to_eps(out: torch.Tensor, kind: str, x_t: torch.Tensor, t, schedule: Schedule) -> torch.Tensor:
+    """eps (or E[eps|x_t]) from a prediction ``out`` of ``kind`` at (x_t, t) (monograph §6.3)."""
+    t = _checked(out, kind, x_t, t, schedule)
+    return _to_eps(out, kind, x_t, t, schedule)
+
+
+def from_x0_eps(x0: Optional[torch.Tensor], eps: Optional[torch.Tensor], kind: str, t, schedule: Schedule):
+    """The ``kind`` target A_t x0 + B_t eps (monograph Table 6.1); pass only what ``kind`` needs (the other may be None)."""
+    check_kind(kind, KINDS, "kind")
+    check_schedule(schedule)
+    need = _NEEDS[kind]
+    if "x0" in need or x0 is not None:
+        check_data(x0, "x0")
+    if "eps" in need:
+        check_data(eps, "eps") if x0 is None else check_like(eps, x0, "eps", "x0")
+    ref = x0 if x0 is not None else eps
+    return _from_x0_eps(x0, eps, kind, check_time(t, ref), schedule)
 
 
 def convert(out: torch.Tensor, src: str, dst: str, x_t: torch.Tensor, t, schedule: Schedule) -> torch.Tensor:
@@ -126,9 +157,9 @@ def convert(out: torch.Tensor, src: str, dst: str, x_t: torch.Tensor, t, schedul
     if src == dst:
         return out
     need = _NEEDS[dst]
-    x0 = to_x0(out, src, x_t, t, schedule) if "x0" in need else None
-    eps = to_eps(out, src, x_t, t, schedule) if "eps" in need else None
-    return from_x0_eps(x0, eps, dst, t, schedule)
+    x0 = _to_x0(out, src, x_t, t, schedule) if "x0" in need else None
+    eps = _to_eps(out, src, x_t, t, schedule) if "eps" in need else None
+    return _from_x0_eps(x0, eps, dst, t, schedule)
 
 
 @dataclass
@@ -149,7 +180,7 @@ class Prediction:
     def as_kind(self, kind: str) -> torch.Tensor:
         """The prediction in parameterisation ``kind`` (one of eps, x0, score, v, velocity)."""
         check_kind(kind, KINDS, "kind")
-        return from_x0_eps(self.x0, self.eps, kind, self.t, self.schedule)
+        return _from_x0_eps(self.x0, self.eps, kind, self.t, self.schedule)
 
     @property
     def score(self) -> torch.Tensor:
@@ -178,6 +209,8 @@ class Denoiser(nn.Module):
 
     def __init__(self, net: nn.Module, schedule: Schedule, prediction: str = "eps"):
         super().__init__()
+        if not callable(net):
+            raise TypeError(f"net: expected a network net(x_t, t, cond) -> tensor shaped like x_t, got {type(net).__name__}")
         self.net = net
         self.schedule = check_schedule(schedule)
         self.prediction = check_kind(prediction, KINDS, "prediction")
@@ -191,8 +224,9 @@ class Denoiser(nn.Module):
         return out
 
     def forward(self, x_t: torch.Tensor, t, cond=None) -> Prediction:
+        check_data(x_t, "x_t")
         t = check_time(t, x_t)
         out = self.raw(x_t, t, cond)
-        x0 = to_x0(out, self.prediction, x_t, t, self.schedule)
-        eps = to_eps(out, self.prediction, x_t, t, self.schedule)
+        x0 = _to_x0(out, self.prediction, x_t, t, self.schedule)
+        eps = _to_eps(out, self.prediction, x_t, t, self.schedule)
         return Prediction(x0=x0, eps=eps, x_t=x_t, t=t, schedule=self.schedule)

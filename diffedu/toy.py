@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from diffedu._checks import append_dims, check_data, check_finite, check_schedule, check_time
+from diffedu._checks import append_dims, check_data, check_finite, check_generator, check_int, check_positive, check_schedule, check_time
 from diffedu.param import Prediction
 from diffedu.schedules import Schedule
 
@@ -140,8 +140,8 @@ class GaussianMixture:
     def sample(self, n: int, generator: Optional[torch.Generator] = None, *, return_labels: bool = False,
                device=None, dtype=torch.float32):
         """Draw n samples x0 ~ p_data (and their class labels, or component indices if unlabelled)."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n: expected a positive int, got {n!r}")
+        check_int(n, "n")
+        check_generator(generator)
         gdev = generator.device if generator is not None else torch.device("cpu")
         comp = torch.multinomial(self.weights.to(gdev), n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, device=gdev, dtype=torch.float64)
@@ -265,7 +265,8 @@ class GaussianMixture:
         """The class-conditional mixture p(x0 | c) as its own :class:`GaussianMixture`."""
         if self.labels is None:
             raise ValueError("this mixture has no labels")
-        keep = self.labels == int(c)
+        check_int(c, "c", 0)
+        keep = self.labels == c
         if not keep.any():
             raise ValueError(f"c: no component has label {c}")
         if self._evecs is None:
@@ -298,11 +299,11 @@ class ExactDenoiser(nn.Module):
 
 
 # --------------------------------------------------- exact answers for guidance (monograph §8)
-def _check_mixture(mix, labelled=False):
+def _check_mixture(mix, labelled=False, name="mix"):
     if not isinstance(mix, GaussianMixture):
-        raise TypeError(f"mix: expected a diffedu.toy.GaussianMixture, got {type(mix).__name__}")
+        raise TypeError(f"{name}: expected a diffedu.toy.GaussianMixture, got {type(mix).__name__}")
     if labelled and mix.labels is None:
-        raise ValueError("mix: expected a labelled mixture (labels=...), e.g. toy.labelled_mixture()")
+        raise ValueError(f"{name}: expected a labelled mixture (labels=...), e.g. toy.labelled_mixture()")
     return mix
 
 
@@ -313,6 +314,7 @@ def tilted_log_prob(mix: GaussianMixture, x: torch.Tensor, t, schedule: Schedule
     with the exact denoiser); equivalently log p_t(x | c) + w log p_t(c | x) up to a constant in x.
     """
     _check_mixture(mix, labelled=True)
+    check_data(x, "x")
     w = check_finite(w, "w")
     if not torch.is_tensor(c) or c.is_floating_point() or c.shape != (x.shape[0],):
         raise ValueError(f"c: expected integer class labels of shape ({x.shape[0]},), got "
@@ -362,7 +364,7 @@ def linear_gaussian_posterior(prior: GaussianMixture, A: torch.Tensor, y: torch.
     the identity is denoising), ``y`` is (M,). The training-free guidance of :mod:`diffedu.guidance` (DPS) is
     checked against it.
     """
-    _check_mixture(prior)
+    _check_mixture(prior, name="prior")
     if not torch.is_tensor(A) or A.ndim != 2 or A.shape[1] != prior.dim:
         raise ValueError(f"A: expected a (M, {prior.dim}) measurement matrix, got "
                          f"{tuple(A.shape) if torch.is_tensor(A) else type(A).__name__}")
@@ -370,8 +372,7 @@ def linear_gaussian_posterior(prior: GaussianMixture, A: torch.Tensor, y: torch.
     if not torch.is_tensor(y) or y.reshape(-1).shape != (A.shape[0],):
         raise ValueError(f"y: expected a measurement of shape ({A.shape[0]},), got "
                          f"{tuple(y.shape) if torch.is_tensor(y) else type(y).__name__}")
-    if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or noise_std <= 0:
-        raise ValueError(f"noise_std: expected a positive measurement noise level, got {noise_std!r}")
+    noise_std = check_positive(noise_std, "noise_std")
     y = y.detach().to(torch.float64).cpu().reshape(-1)
     mu, Sig = prior.means, prior.covs
     S = A @ Sig @ A.T + noise_std**2 * torch.eye(A.shape[0], dtype=torch.float64)       # (K, M, M)
@@ -388,6 +389,7 @@ def linear_gaussian_posterior(prior: GaussianMixture, A: torch.Tensor, y: torch.
 # -------------------------------------------------------------------------------------- data sets
 def eight_gaussians(radius: float = 4.0, std: float = 0.5) -> GaussianMixture:
     """Eight equal Gaussians on a ring of the given radius — the standard 2D benchmark density."""
+    radius, std = check_positive(radius, "radius"), check_positive(std, "std")
     ang = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     return GaussianMixture(radius * torch.stack([ang.cos(), ang.sin()], -1), stds=std)
 
@@ -395,6 +397,9 @@ def eight_gaussians(radius: float = 4.0, std: float = 0.5) -> GaussianMixture:
 def labelled_mixture(num_classes: int = 3, per_class: int = 2, radius: float = 3.0, std: float = 0.4) -> GaussianMixture:
     """A labelled 2D mixture for guidance: ``num_classes * per_class`` Gaussians on a ring, interleaved classes, with
     slightly anisotropic covariances so that conditional and unconditional scores differ visibly (monograph §8)."""
+    check_int(num_classes, "num_classes")
+    check_int(per_class, "per_class")
+    radius, std = check_positive(radius, "radius"), check_positive(std, "std")
     K = num_classes * per_class
     ang = torch.arange(K, dtype=torch.float64) * (2 * math.pi / K)
     means = radius * torch.stack([ang.cos(), ang.sin()], -1)
@@ -417,7 +422,8 @@ def empirical_mixture(x: torch.Tensor, std: float = 0.0) -> GaussianMixture:
     Its exact denoiser is the "memorising" optimum that a model trained to zero loss on x reaches.
     """
     check_data(x, "x")
-    return GaussianMixture(x.reshape(len(x), -1).double(), stds=float(std))
+    std = check_positive(std, "std", strict=False)
+    return GaussianMixture(x.reshape(len(x), -1).double(), stds=std)
 
 
 def _randn(n, d, generator):
@@ -430,14 +436,17 @@ def _rand(n, generator):
     return torch.rand(n, generator=generator, device=dev).cpu()
 
 
-def _check_n(n):
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive int, got {n!r}")
+def _check_n(n, generator=None, **positives):
+    check_int(n, "n")
+    check_generator(generator)
+    for name, value in positives.items():
+        check_positive(value, name, strict=False)
 
 
 def two_moons(n: int, generator: Optional[torch.Generator] = None, noise: float = 0.05, scale: float = 2.0) -> torch.Tensor:
     """Two interleaved half circles (scaled and centred), shape (n, 2)."""
-    _check_n(n)
+    _check_n(n, generator, noise=noise)
+    check_positive(scale, "scale")
     n1 = n // 2
     th = math.pi * _rand(n, generator)
     upper = torch.stack([th.cos(), th.sin()], -1)
@@ -449,7 +458,8 @@ def two_moons(n: int, generator: Optional[torch.Generator] = None, noise: float 
 
 def checkerboard(n: int, generator: Optional[torch.Generator] = None, size: float = 4.0) -> torch.Tensor:
     """Uniform on the dark squares of a 4x4 checkerboard on [-size, size]^2, shape (n, 2)."""
-    _check_n(n)
+    _check_n(n, generator)
+    check_positive(size, "size")
     x1 = _rand(n, generator) * 4 - 2
     x2_ = _rand(n, generator) - (torch.randint(0, 2, (n,), generator=generator,
                                                 device=generator.device if generator is not None else "cpu").cpu() * 2.0)
@@ -459,7 +469,7 @@ def checkerboard(n: int, generator: Optional[torch.Generator] = None, size: floa
 
 def swiss_roll(n: int, generator: Optional[torch.Generator] = None, noise: float = 0.1) -> torch.Tensor:
     """A 2D swiss roll (scaled to roughly [-4, 4]^2), shape (n, 2)."""
-    _check_n(n)
+    _check_n(n, generator, noise=noise)
     th = 1.5 * math.pi * (1 + 2 * _rand(n, generator))
     x = torch.stack([th * th.cos(), th * th.sin()], -1) / 3.5
     return x + noise * _randn(n, 2, generator)
@@ -467,7 +477,8 @@ def swiss_roll(n: int, generator: Optional[torch.Generator] = None, noise: float
 
 def spirals(n: int, generator: Optional[torch.Generator] = None, noise: float = 0.1, arms: int = 2) -> torch.Tensor:
     """``arms`` interleaved Archimedean spirals, shape (n, 2)."""
-    _check_n(n)
+    _check_n(n, generator, noise=noise)
+    check_int(arms, "arms")
     r = _rand(n, generator).sqrt()
     arm = torch.randint(0, arms, (n,), generator=generator, device=generator.device if generator is not None else "cpu").cpu()
     th = 3 * math.pi * r + arm * (2 * math.pi / arms)

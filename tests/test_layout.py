@@ -10,6 +10,7 @@ matplotlib, ipywidgets or IPython.
 from __future__ import annotations
 
 import ast
+import collections
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,17 @@ def test_tests_mirror_the_tree():
     for room in sorted(ROOMS | UPPER - {"guidance"}):
         if (PKG / room).is_dir():
             assert (tests / room).is_dir() and any((tests / room).glob("test_*.py")), f"tests/{room}/ is missing"
+
+
+def test_only_one_conftest():
+    # a second tests/**/conftest.py is imported under the same module name and shadows `from conftest import ...`
+    tests = Path(__file__).resolve().parent
+    extra = [p.relative_to(tests) for p in tests.rglob("conftest.py") if p.parent != tests]
+    assert not extra, f"move these fixtures into tests/conftest.py: {extra}"
+
+
+def test_test_files_have_unique_names():
+    # pytest imports test modules by basename (no __init__.py): two test_x.py in different folders collide
+    tests = Path(__file__).resolve().parent
+    names = collections.Counter(p.name for p in tests.rglob("test_*.py"))
+    assert not [n for n, c in names.items() if c > 1], [n for n, c in names.items() if c > 1]

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from diffedu._checks import append_dims, check_data, check_kind, check_time
+from diffedu._checks import append_dims, check_data, check_kind, check_like, check_positive, check_schedule, check_time
 from diffedu.forward import add_noise, sample_times
 from diffedu.param import KINDS, Denoiser, from_x0_eps, target_coefficients
 from diffedu.schedules import Schedule
@@ -25,7 +25,9 @@ WEIGHTINGS = ("none", "eps", "x0", "min_snr", "elbo")
 def regression_target(kind: str, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
     """The regression target A_t x0 + B_t eps of prediction ``kind`` (monograph Table 6.1)."""
     check_kind(kind, KINDS, "kind")
-    return from_x0_eps(x0, eps, kind, t, schedule)
+    check_data(x0, "x0")
+    check_like(eps, x0, "eps", "x0")
+    return from_x0_eps(x0, eps, kind, check_time(t, x0), schedule)
 
 
 def loss_weight(weighting: Union[str, Callable, None], t: torch.Tensor, schedule: Schedule, kind: str = "eps",
@@ -42,9 +44,12 @@ def loss_weight(weighting: Union[str, Callable, None], t: torch.Tensor, schedule
     -(1/2) d lambda/dt on the eps-MSE (Kingma et al. 2021; monograph §2.2, §4.5).
     A callable is used as w(t) directly.
     """
+    check_schedule(schedule)
+    t = check_time(t)
     if callable(weighting):
         return weighting(t)
     check_kind(weighting if weighting is not None else "none", WEIGHTINGS, "weighting")
+    gamma = check_positive(gamma, "gamma")
     if weighting in (None, "none"):
         return torch.ones_like(t)
     snr = torch.exp(schedule.log_snr(t))

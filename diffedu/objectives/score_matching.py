@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 import torch
 
-from diffedu._checks import append_dims, check_data, check_kind, check_like, check_model, check_positive, check_schedule, check_time
+from diffedu._checks import append_dims, check_callable, check_data, check_int, check_kind, check_like, check_model, check_positive, check_schedule, check_time
 from diffedu.autodiff import hutchinson_trace, jacobian_trace, quadratic_form, random_probe
 from diffedu.schedules import Schedule
 
@@ -48,6 +48,7 @@ def _flat(v):
 
 def explicit_score_matching(score_fn: Callable, x: torch.Tensor, true_score: torch.Tensor) -> torch.Tensor:
     """ESM: 1/2 ||s_theta(x) - grad log p(x)||^2 per example (monograph §3.2); ``true_score`` shaped like x."""
+    check_callable(score_fn, "score_fn", "a score function x -> grad log p(x)")
     check_data(x, "x")
     check_like(true_score, x, "true_score")
     s = score_fn(x)
@@ -62,6 +63,7 @@ def implicit_score_matching(score_fn: Callable, x: torch.Tensor, *, estimator: s
     E[ISM] = E[ESM] - 1/2 E||grad log p||^2: same minimiser, no true score needed.
     ``estimator``: ``"exact"`` (D backward passes) or ``"hutchinson"`` (``n_probes`` Rademacher probes).
     """
+    check_callable(score_fn, "score_fn", "a score function x -> grad log p(x)")
     check_kind(estimator, ("exact", "hutchinson"), "estimator")
     if estimator == "exact":
         s, tr = jacobian_trace(score_fn, x, create_graph=True)
@@ -77,9 +79,9 @@ def sliced_score_matching(score_fn: Callable, x: torch.Tensor, *, n_projections:
     Its expectation over v equals ISM. ``variance_reduction`` (SSM-VR) replaces 1/2 (v^T s)^2 by its
     expectation 1/2 ||s||^2. Cost: one vector-Jacobian product per projection.
     """
+    check_callable(score_fn, "score_fn", "a score function x -> grad log p(x)")
     check_data(x, "x")
-    if not isinstance(n_projections, int) or n_projections < 1:
-        raise ValueError(f"n_projections: expected a positive int, got {n_projections!r}")
+    check_int(n_projections, "n_projections")
     x = x if x.requires_grad else x.detach().requires_grad_(True)
     with torch.enable_grad():
         s = score_fn(x)
@@ -95,6 +97,7 @@ def sliced_score_matching(score_fn: Callable, x: torch.Tensor, *, n_projections:
 
 def dsm_target(schedule: Schedule, x_t: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
     """The DSM regression target grad_{x_t} log q(x_t | x0) = -(x_t - alpha_t x0) / sigma_t^2 = -eps / sigma_t (monograph §3.2)."""
+    check_schedule(schedule)
     check_data(x_t, "x_t")
     check_like(x0, x_t, "x0", "x_t")
     t = check_time(t, x_t)
@@ -133,6 +136,7 @@ def tweedie_x0(x_t: torch.Tensor, score: torch.Tensor, t, schedule: Schedule) ->
     With the exact score this is the exact posterior mean (the Bayes-optimal denoiser); with a
     learned score it is the model's denoiser.
     """
+    check_schedule(schedule)
     check_data(x_t, "x_t")
     check_like(score, x_t, "score", "x_t")
     t = check_time(t, x_t)
@@ -148,6 +152,8 @@ def sure(denoise_fn: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, si
     squared error E||D(y) - x||^2 without knowing x. Divergence exact or by Hutchinson
     (``estimator``). Per example, shape (B,).
     """
+    check_callable(denoise_fn, "denoise_fn", "a denoiser y -> D(y)")
+    check_data(y, "y")
     sigma = check_positive(sigma, "sigma")
     check_kind(estimator, ("exact", "hutchinson"), "estimator")
     if estimator == "exact":
