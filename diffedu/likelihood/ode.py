@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple, Optional, Union
 import numpy as np
 import torch
 
-from diffedu._checks import check_data, check_kind, check_model, check_positive
+from diffedu._checks import check_data, check_finite, check_generator, check_int, check_kind, check_model, check_positive
 from diffedu.autodiff import hutchinson_trace, jacobian_trace
 from diffedu.gaussian import gaussian_prior_log_prob
 
@@ -63,6 +63,22 @@ class LikelihoodResult(NamedTuple):
     nfe: int
 
 
+def _check_arguments(model, x, divergence, probe, t_min, t_max, rtol, atol, n_probes, prior, generator):
+    check_model(model)
+    check_data(x, "x")
+    check_kind(divergence, ("exact", "hutchinson"), "divergence")
+    check_kind(probe, ("rademacher", "gaussian"), "probe")
+    t_min, t_max = check_finite(t_min, "t_min"), check_finite(t_max, "t_max")
+    if not (0.0 <= t_min < t_max <= 1.0):
+        raise ValueError(f"t_min, t_max: expected 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+    check_positive(rtol, "rtol")
+    check_positive(atol, "atol")
+    check_int(n_probes, "n_probes")
+    check_generator(generator)
+    if not (callable(prior) or prior == "gaussian"):
+        raise ValueError(f"prior: expected 'gaussian' or a callable x -> log p_t_max(x), got {prior!r}")
+
+
 def log_likelihood(model, x: torch.Tensor, *, t_min: float = 1e-5, t_max: float = 1.0,
                    prior: Union[str, Callable[[torch.Tensor], torch.Tensor]] = "gaussian",
                    divergence: str = "exact", n_probes: int = 1, probe: str = "rademacher",
@@ -96,18 +112,7 @@ def log_likelihood(model, x: torch.Tensor, *, t_min: float = 1e-5, t_max: float 
     """
     from scipy.integrate import solve_ivp
 
-    check_model(model)
-    check_data(x, "x")
-    check_kind(divergence, ("exact", "hutchinson"), "divergence")
-    check_kind(probe, ("rademacher", "gaussian"), "probe")
-    if not (0.0 <= float(t_min) < float(t_max) <= 1.0):
-        raise ValueError(f"t_min, t_max: expected 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
-    check_positive(rtol, "rtol")
-    check_positive(atol, "atol")
-    if not isinstance(n_probes, int) or n_probes < 1:
-        raise ValueError(f"n_probes: expected a positive int, got {n_probes!r}")
-    if not (callable(prior) or prior == "gaussian"):
-        raise ValueError(f"prior: expected 'gaussian' or a callable x -> log p_t_max(x), got {prior!r}")
+    _check_arguments(model, x, divergence, probe, t_min, t_max, rtol, atol, n_probes, prior, generator)
 
     device, shape, B = x.device, x.shape, x.shape[0]
     xd = x.detach().to(torch.float64)
