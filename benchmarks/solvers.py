@@ -14,10 +14,11 @@ Measured per solver and NFE (5, 10, 20, 50, 100): mean L2 distance of the final 
 reference, sliced W2 to fresh data samples, and the order fitted on NFE 20-100. Solver overhead
 is measured separately, at 4096 x 2 whatever --n is: the same solver loop driven by a "null"
 model that returns a stored prediction at no cost, so the wall time is the solver's own work
-(median of 21 runs at NFE 20, divided by the number of evaluations and by the number of steps,
-grid construction included). diffedu caches the schedule table of a grid (alpha, sigma, lambda,
-stages), as when many batches are sampled on one grid; the last column clears that cache before
-every run (a new grid each time), which is what diffusers' set_timesteps always does.
+(median of 21 runs at NFE 20, divided by the number of evaluations and by the number of steps).
+The first two columns pass diffedu's solvers a prebuilt :class:`diffedu.samplers.Grid` (the grid's
+schedule table: alpha, sigma, lambda, stages), as when many batches are sampled on one grid; the
+last column passes the plain time grid, so every run makes the grid and builds its Grid (a new
+grid each time), which is what diffusers' set_timesteps always does.
 
 Grids. Each diffedu solver runs on one fixed time grid, named in its row. The grids were chosen
 by ``--sweep``, which runs every solver on five grids (uniform, t^1.5, t^2 and t^3 in t, Karras
@@ -36,15 +37,13 @@ Run:  python benchmarks/solvers.py            (about 5 minutes on one CPU core)
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import numpy as np
 import torch
 
 from diffedu import metrics, schedules, toy
-from diffedu.samplers import ode
-from diffedu.samplers.grids import sigma_bar_to_t
+from diffedu.samplers import Grid, ode
 
 
 class NullModel:
@@ -135,21 +134,19 @@ def diffedu_solvers(sch):
 
 
 def overhead_ms(run, model, n=4096, repeats=21):
-    """Solver overhead of ``run(null_model, x)`` at n x 2, median of ``repeats`` timed runs, in ms:
-    (per evaluation, per step) when the grid's table is cached (a second batch on the same grid), and
-    per step when it is not (a new grid: diffedu's cache is cleared before each run)."""
+    """Solver overhead of ``run(null_model, x, fresh)`` at n x 2, median of ``repeats`` timed runs, in ms:
+    (per evaluation, per step) with ``fresh=False`` (diffedu: a prebuilt Grid, a second batch on the same
+    grid), and per step with ``fresh=True`` (diffedu: the grid is made and its Grid built inside each run)."""
     x = torch.randn(n, 2, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
     null = NullModel(model, x)
-    run(null, x)  # warm-up
+    run(null, x, False)  # warm-up
     out = {}
     for fresh in (False, True):
         walls = []
         for _ in range(repeats):
             null.nfe = 0
-            if fresh:
-                ode._TABLES.clear()
             t0 = time.perf_counter()
-            steps = run(null, x)
+            steps = run(null, x, fresh)
             walls.append(time.perf_counter() - t0)
         out[fresh] = (float(np.median(walls)), null.nfe, steps)
     (wall, nfe, steps), (wall_new, _, _) = out[False], out[True]
@@ -157,11 +154,11 @@ def overhead_ms(run, model, n=4096, repeats=21):
 
 
 def run_diffedu(model, noise, fn, kw, ts):
-    """(final samples, number of model evaluations, number of solver steps)."""
+    """(final samples, number of model evaluations, number of solver steps); ``ts`` a grid tensor or a Grid."""
     m = CountingModel(model)
     with torch.no_grad():
         out = fn(m, noise.clone(), ts, **kw)
-    return out, m.nfe, len(ts) - 1
+    return out, m.nfe, (ts.n_steps if isinstance(ts, Grid) else len(ts) - 1)
 
 
 # ------------------------------------------------------------------------------------------ diffusers
@@ -196,7 +193,7 @@ class TimestepAdapter:
         if float(n).is_integer():
             return float(self.sch.timestep_to_t(float(n)))
         sig = np.interp(float(n), np.arange(len(self.table)), self.table)
-        return float(sigma_bar_to_t(self.sch, torch.tensor(sig, dtype=torch.float64)))
+        return float(self.sch.t_from_sigma_bar(torch.tensor(sig, dtype=torch.float64)))
 
 
 def run_peer(model, noise, make, n_steps, adapter):
@@ -282,7 +279,9 @@ def main(argv=None):
         for nfe in args.nfe:
             out, used, _ = run_diffedu(model, noise, fn, kw, grid(nfe))
             record("diffedu " + name, nfe, out, used)
-        overheads["diffedu " + name] = overhead_ms(lambda m, x: run_diffedu(m, x, fn, kw, grid(20))[2], model)
+        built = Grid(sch, grid(20))  # reused by every fresh=False run
+        overheads["diffedu " + name] = overhead_ms(
+            lambda m, x, fresh: run_diffedu(m, x, fn, kw, grid(20) if fresh else built)[2], model)
         print("done", name, flush=True)
     peers = diffusers_peers()
     adapter = TimestepAdapter(sch)
@@ -290,13 +289,14 @@ def main(argv=None):
         for nfe in args.nfe:
             out, used, _ = run_peer(model, noise, make, steps(nfe), adapter)
             record("diffusers " + name, nfe, out, used)
-        overheads["diffusers " + name] = overhead_ms(lambda m, x: run_peer(m, x, make, steps(20), None)[2], model)
+        overheads["diffusers " + name] = overhead_ms(lambda m, x, fresh: run_peer(m, x, make, steps(20), None)[2], model)
         print("done", name, flush=True)
 
     # --- table
     print("\nmean L2 to the DOP853 reference [sliced W2 to data] (actual NFE); fitted order (NFE 20-100);\n"
           "solver overhead at NFE 20 with a zero-cost model, 4096 x 2, median of 21: ms per evaluation, ms per step,\n"
-          "ms per step on a new grid (diffedu caches a grid's schedule table; diffusers rebuilds it in set_timesteps)")
+          "ms per step on a new grid (diffedu: a Grid built once and reused vs. built every run; diffusers rebuilds\n"
+          "its table in set_timesteps every run)")
     head = (f"{'solver':44s}" + "".join(f"{'NFE ' + str(n):>22s}" for n in args.nfe)
             + f"{'order':>7s}{'ms/eval':>9s}{'ms/step':>9s}{'new grid':>9s}")
     print(head)

@@ -165,8 +165,7 @@ VARIANCES = ("posterior", "beta", "learned")
 
 
 def _default_decoder_var(schedule, t1):
-    a, s = schedule.alpha(t1), schedule.sigma(t1)
-    return (s / a) ** 2
+    return schedule.sigma_bar(t1) ** 2
 
 
 def reverse_log_variance(schedule: Schedule, t, s, frac: Optional[torch.Tensor] = None, kind: str = "posterior"):

@@ -2,12 +2,24 @@
 
 A schedule fixes the forward corruption ``x_t = alpha_t x_0 + sigma_t eps`` for continuous
 t in [0, 1], **t = 0 data, t = 1 noise**. Every schedule is a small, stateless object that
-returns alpha_t, sigma_t, their time derivatives, the log signal-to-noise ratio
+returns alpha_t, sigma_t, their time derivatives, and three names for "how noisy", each with
+its inverse (one convention per name; every module uses these methods, none re-derives them):
 
-    lambda_t = log(alpha_t^2 / sigma_t^2)              (the full log-SNR; DPM-Solver's
-                                                         "half log-SNR" is lambda_t / 2)
+==========================  =================================  ==========================================
+method (inverse)            quantity                           where it is the natural variable
+==========================  =================================  ==========================================
+``log_snr``                 log(alpha_t^2 / sigma_t^2)         Kingma et al. 2021's lambda: losses, ELBO
+(``t_from_log_snr``)        (the full log-SNR)                 weights (monograph §2.2, §6.2)
+``half_log_snr``            log(alpha_t / sigma_t)             Lu et al. 2022's lambda: DPM-Solver(++),
+(``t_from_half_log_snr``)   = log_snr / 2                      DEIS, log-SNR grids (monograph §9.2, §9.4)
+``sigma_bar``               sigma_t / alpha_t                  EDM's noise level sigma: Heun, Karras
+(``t_from_sigma_bar``)      = exp(-half_log_snr)               grids, preconditioning (§6.4, §9.2, D.6)
+==========================  =================================  ==========================================
 
-and its inverse ``t_from_log_snr``. Everything follows the device and dtype of ``t``.
+Each subclass gives one closed form of the log-SNR and its inverse; the half log-SNR pair is
+that pair rescaled by 2, which is exact in floating point (half_log_snr(t) == log_snr(t) / 2 to
+the last bit). sigma_bar is +inf where alpha_t = 0 and 0 at the data where sigma_t = 0.
+Everything follows the device and dtype of ``t``.
 
 The SDE coefficients follow from (alpha_t, sigma_t) for *any* schedule (monograph §4.3):
 ``f(t) = d log alpha_t / dt`` and ``g(t)^2 = d sigma_t^2/dt - 2 f(t) sigma_t^2``; they live in
@@ -18,6 +30,7 @@ Integer DDPM indices exist only inside :class:`DiscreteSchedule`.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -53,11 +66,23 @@ def _check_t(t) -> torch.Tensor:
     return t
 
 
+def _check_level(v, name: str) -> torch.Tensor:
+    """A noise level (log-SNR, half log-SNR or sigma_bar) as a tensor without NaN."""
+    if not torch.is_tensor(v):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{name}: expected a float or a floating tensor, got {type(v).__name__}")
+        v = torch.tensor(float(v), dtype=torch.get_default_dtype())
+    if torch.isnan(v).any():
+        raise ValueError(f"{name}: contains NaN")
+    return v
+
+
 class Schedule:
     """Base class of a continuous-time schedule (alpha_t, sigma_t) on t in [0, 1] (monograph §6.2).
 
     Subclasses implement ``_alpha, _sigma, _d_alpha, _d_sigma`` (closed forms, elementwise on a
-    tensor) and, where it exists, ``_t_from_log_snr``. The public methods validate ``t``.
+    tensor) and, where it exists, ``_t_from_log_snr``; ``_log_snr`` and ``_t_from_sigma_bar`` where
+    a closed form beats the generic one. The public methods validate their input.
     ``variance_preserving`` is True when alpha_t^2 + sigma_t^2 = 1.
     """
 
@@ -85,6 +110,14 @@ class Schedule:
     def _t_from_log_snr(self, lam):
         raise NotImplementedError(f"{type(self).__name__} has no closed-form inverse of the log-SNR")
 
+    def _sigma_bar(self, t):
+        return self._sigma(t) / self._alpha(t)
+
+    def _t_from_sigma_bar(self, sb):
+        # generic: through the half log-SNR -log(sigma_bar); sigma_bar = 0 (the data) is t = 0 exactly
+        t = self._t_from_log_snr(-2 * torch.log(sb.clamp_min(1e-300)))
+        return torch.where(sb == 0, torch.zeros_like(t), t)
+
     # --- public, validated -------------------------------------------------------------
     def alpha(self, t):
         """Signal scale alpha_t of x_t = alpha_t x0 + sigma_t eps (monograph §6.2)."""
@@ -107,16 +140,38 @@ class Schedule:
         return self._d_sigma2(_check_t(t))
 
     def log_snr(self, t):
-        """Log signal-to-noise ratio lambda_t = log(alpha_t^2 / sigma_t^2), decreasing in t (monograph §9.2)."""
+        """Full log signal-to-noise ratio log(alpha_t^2 / sigma_t^2) (Kingma et al. 2021's lambda), decreasing in t (monograph §2.2, §6.2)."""
         return self._log_snr(_check_t(t))
 
     def t_from_log_snr(self, lam):
-        """Inverse of :meth:`log_snr`: the t in [0, 1] with lambda_t = ``lam`` (clamped to [0, 1])."""
-        if not torch.is_tensor(lam):
-            lam = torch.tensor(float(lam), dtype=torch.get_default_dtype())
-        if torch.isnan(lam).any():
-            raise ValueError("lam: contains NaN")
-        return self._t_from_log_snr(lam).clamp(0.0, 1.0)
+        """Inverse of :meth:`log_snr`: the t in [0, 1] with log(alpha_t^2 / sigma_t^2) = ``lam`` (clamped to [0, 1])."""
+        return self._t_from_log_snr(_check_level(lam, "lam")).clamp(0.0, 1.0)
+
+    def half_log_snr(self, t):
+        """Half log-SNR log(alpha_t / sigma_t) = log_snr / 2 (Lu et al. 2022's lambda; monograph §9.2, §9.4).
+
+        +inf at the data where sigma_t = 0, -inf where alpha_t = 0. Exactly ``log_snr(t) / 2``.
+        """
+        return self._log_snr(_check_t(t)) / 2
+
+    def t_from_half_log_snr(self, lam):
+        """Inverse of :meth:`half_log_snr`: the t in [0, 1] with log(alpha_t / sigma_t) = ``lam`` (clamped to [0, 1])."""
+        return self._t_from_log_snr(2 * _check_level(lam, "lam")).clamp(0.0, 1.0)
+
+    def sigma_bar(self, t):
+        """Noise-to-signal ratio sigma_bar_t = sigma_t / alpha_t = exp(-half_log_snr): EDM's sigma (monograph §6.4, §9.2).
+
+        The PF-ODE in (x / alpha_t, sigma_bar) is d(x / alpha) / d sigma_bar = E[eps | x_t] (monograph §9.2).
+        0 at the data where sigma_t = 0, +inf where alpha_t = 0.
+        """
+        return self._sigma_bar(_check_t(t))
+
+    def t_from_sigma_bar(self, sigma_bar):
+        """Inverse of :meth:`sigma_bar`: the t in [0, 1] with sigma_t / alpha_t = ``sigma_bar`` >= 0; 0 maps to t = 0."""
+        sb = _check_level(sigma_bar, "sigma_bar")
+        if (sb < 0).any():
+            raise ValueError("sigma_bar: expected non-negative noise-to-signal ratios sigma_t / alpha_t")
+        return self._t_from_sigma_bar(sb).clamp(0.0, 1.0)
 
     def coefficients(self, t):
         """(alpha_t, sigma_t, alpha'_t, sigma'_t) at once, like a scheduler output (one validation, shared work)."""
@@ -173,7 +228,13 @@ class _VPBase(Schedule):
 
     def _log_snr(self, t):
         la = self._log_alpha(t)
-        return 2 * la - torch.log(-torch.expm1(2 * la))
+        return 2 * la - torch.log((-torch.expm1(2 * la)).clamp_min(0))
+
+    def _sigma_bar(self, t):
+        if not self.variance_preserving:  # SubVP redefines sigma
+            return super()._sigma_bar(t)
+        # sigma^2 / alpha^2 = 1 / alpha^2 - 1 = expm1(-2 log alpha): one log-alpha pass, no cancellation near t = 0
+        return torch.sqrt(torch.expm1(-2 * self._log_alpha(t)).clamp_min(0))
 
     @staticmethod
     def _log_alpha_from_log_snr(lam):
@@ -268,12 +329,13 @@ class SubVP(VPLinear):
 
     def _log_snr(self, t):
         la = self._log_alpha(t)
-        return 2 * la - 2 * torch.log(-torch.expm1(2 * la))
+        return 2 * la - 2 * torch.log((-torch.expm1(2 * la)).clamp_min(0))
 
     def _t_from_log_snr(self, lam):
-        # alpha / (1 - alpha^2) = e^{lam/2}  ->  r alpha^2 + alpha - r = 0 with r = e^{lam/2}
-        r = torch.exp(lam / 2)
-        return self._t_from_log_alpha(torch.log(2 * r / (1 + torch.sqrt(1 + 4 * r * r))))
+        # alpha / (1 - alpha^2) = e^{lam/2}  ->  alpha^2 + q alpha - 1 = 0 with q = e^{-lam/2}: alpha = 2 / (q + sqrt(q^2 + 4)),
+        # finite for every lam (lam = +inf, the data: q = 0, alpha = 1, t = 0)
+        q = torch.exp(-lam / 2)
+        return self._t_from_log_alpha(math.log(2.0) - torch.log(q + torch.sqrt(q * q + 4)))
 
 
 class VEGeometric(Schedule):
@@ -303,6 +365,9 @@ class VEGeometric(Schedule):
 
     def _t_from_log_snr(self, lam):
         return (-lam / 2 - math.log(self.sigma_min)) / self._log_ratio
+
+    def _t_from_sigma_bar(self, sb):
+        return torch.log(sb / self.sigma_min) / self._log_ratio  # alpha = 1: sigma_bar = sigma
 
 
 class EDM(Schedule):
@@ -334,6 +399,9 @@ class EDM(Schedule):
     def _t_from_log_snr(self, lam):
         return torch.exp(-lam / 2) / self.sigma_max
 
+    def _t_from_sigma_bar(self, sb):
+        return sb / self.sigma_max  # alpha = 1: sigma_bar = sigma = sigma_max t
+
 
 class RectifiedFlow(Schedule):
     """Rectified flow / linear interpolant: alpha_t = 1 - t, sigma_t = t (monograph §5.3).
@@ -358,6 +426,9 @@ class RectifiedFlow(Schedule):
 
     def _t_from_log_snr(self, lam):
         return torch.sigmoid(-lam / 2)
+
+    def _t_from_sigma_bar(self, sb):
+        return 1 / (1 + 1 / sb)  # sigma_bar = t / (1 - t); 0 -> 0 and inf -> 1 without 0/0
 
 
 # ------------------------------------------------------------------------------------------

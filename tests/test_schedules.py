@@ -49,6 +49,61 @@ def test_log_snr_monotone_and_inverse(sch):
     torch.testing.assert_close(sch.t_from_log_snr(lam), t, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("sch", ALL, ids=IDS)
+def test_half_log_snr_and_sigma_bar_are_the_log_snr_rescaled(sch):
+    # one convention per name: log_snr = log(alpha^2/sigma^2), half_log_snr = log(alpha/sigma) = log_snr / 2 exactly,
+    # sigma_bar = sigma/alpha = exp(-half_log_snr); on [0, 1] including the ends (+inf at the data, alpha = 0 at t = 1)
+    t = torch.linspace(0, 1, 257, dtype=torch.float64)
+    half, sb = sch.half_log_snr(t), sch.sigma_bar(t)
+    assert torch.equal(2 * half, sch.log_snr(t))
+    assert torch.equal(sch.t_from_half_log_snr(half), sch.t_from_log_snr(sch.log_snr(t)))
+    a, s = sch.alpha(t), sch.sigma(t)
+    fin = torch.isfinite(half)
+    torch.testing.assert_close(half[fin], (torch.log(a) - torch.log(s))[fin], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sb, s / a, rtol=1e-12, atol=1e-300)
+    torch.testing.assert_close(sb[fin], torch.exp(-half[fin]), rtol=1e-12, atol=0)
+    if float(s[0]) == 0:  # the data: sigma_bar = 0, half log-SNR = +inf, and both map back to t = 0 exactly
+        assert sb[0] == 0 and half[0] == math.inf and sch.t_from_sigma_bar(sb[:1]).item() == 0.0
+    if float(a[-1]) == 0:
+        assert sb[-1] == math.inf and sch.t_from_sigma_bar(sb[-1:]).item() == 1.0
+
+
+@pytest.mark.parametrize("sch", ALL, ids=IDS)
+def test_half_log_snr_and_sigma_bar_round_trips_and_derivatives(sch):
+    t = _grid()
+    torch.testing.assert_close(sch.t_from_half_log_snr(sch.half_log_snr(t)), t, rtol=0, atol=1e-9)
+    torch.testing.assert_close(sch.t_from_sigma_bar(sch.sigma_bar(t)), t, rtol=0, atol=1e-9)
+    sb = torch.logspace(-3, 2, 60, dtype=torch.float64)
+    lo, hi = sch.sigma_bar(torch.tensor([1e-3, 0.999], dtype=torch.float64))
+    sb = sb[(sb > lo) & (sb < hi)]
+    torch.testing.assert_close(sch.sigma_bar(sch.t_from_sigma_bar(sb)), sb, rtol=1e-9, atol=0)
+    # d lambda/dt = alpha'/alpha - sigma'/sigma and d sigma_bar/dt = (sigma' alpha - sigma alpha')/alpha^2, by autograd
+    if isinstance(sch, S.DiscreteSchedule):  # piecewise linear in log alpha: avoid the kinks
+        t = (torch.arange(3, 997, dtype=torch.float64) + 0.37) / 1000
+    a, s, da, ds = sch.coefficients(t)
+    tt = t.clone().requires_grad_(True)
+    (gl,) = torch.autograd.grad(sch.half_log_snr(tt).sum(), tt)
+    tt = t.clone().requires_grad_(True)
+    (gb,) = torch.autograd.grad(sch.sigma_bar(tt).sum(), tt)
+    torch.testing.assert_close(gl, da / a - ds / s, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(gb, (ds * a - s * da) / a**2, rtol=1e-9, atol=1e-9)
+    # and the inverses have the reciprocal derivative
+    lam = sch.half_log_snr(t).detach().requires_grad_(True)
+    (gt,) = torch.autograd.grad(sch.t_from_half_log_snr(lam).sum(), lam)
+    torch.testing.assert_close(gt, 1 / (da / a - ds / s), rtol=1e-7, atol=1e-12)
+
+
+def test_noise_level_inverses_check_their_input():
+    sch = S.VPLinear()
+    with pytest.raises(ValueError, match="sigma_bar"):
+        sch.t_from_sigma_bar(torch.tensor([-1.0]))
+    with pytest.raises(ValueError, match="lam"):
+        sch.t_from_half_log_snr(torch.tensor([float("nan")]))
+    with pytest.raises(TypeError, match="sigma_bar"):
+        sch.t_from_sigma_bar("1.0")
+    assert sch.t_from_sigma_bar(0.0).item() == 0.0 and 0 < sch.t_from_half_log_snr(0.0).item() < 1
+
+
 @pytest.mark.parametrize("sch", [s for s in ALL if s.variance_preserving], ids=lambda s: type(s).__name__)
 def test_variance_preserving(sch):
     t = _grid()

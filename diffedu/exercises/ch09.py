@@ -27,10 +27,6 @@ __all__ = ["ddim_step", "log_snr_grid", "dpm_pp_2m_step",
            "check_ddim_step", "check_log_snr_grid", "check_dpm_pp_2m_step", "EXERCISES"]
 
 
-def _half_lambda(schedule, t):
-    return torch.log(schedule.alpha(t)) - torch.log(schedule.sigma(t))
-
-
 # ----------------------------------------------------------------------------- references
 def ddim_step(x_t, eps_hat, t, s, schedule):
     """Deterministic DDIM step t -> s < t: x_s = alpha_s x0_hat + sigma_s eps_hat with
@@ -42,19 +38,19 @@ def ddim_step(x_t, eps_hat, t, s, schedule):
 
 def log_snr_grid(schedule, n_steps, t_start, t_end):
     """``n_steps + 1`` float64 times from t_start down to t_end, uniform in the half log-SNR
-    lambda_t = log(alpha_t / sigma_t) (DPM-Solver's grid, monograph §9.4). Use schedule.t_from_log_snr
-    (which takes the FULL log-SNR 2 lambda)."""
+    lambda_t = log(alpha_t / sigma_t) (DPM-Solver's grid, monograph §9.4). Use schedule.half_log_snr and
+    schedule.t_from_half_log_snr (schedule.log_snr / t_from_log_snr are the FULL log-SNR 2 lambda)."""
     ends = torch.tensor([float(t_start), float(t_end)], dtype=torch.float64)
-    lam = _half_lambda(schedule, ends)
+    lam = schedule.half_log_snr(ends)
     grid = torch.linspace(float(lam[0]), float(lam[1]), n_steps + 1, dtype=torch.float64)
-    return schedule.t_from_log_snr(2 * grid)
+    return schedule.t_from_half_log_snr(grid)
 
 
 def dpm_pp_2m_step(x_t, x0_now, x0_prev, t_prev, t, s, schedule):
     """One DPM-Solver++(2M) step t -> s (monograph §9.4): with h = lambda_s - lambda_t, r = (lambda_t - lambda_prev)/h,
     D = (1 + 1/(2r)) x0_now - 1/(2r) x0_prev and x_s = (sigma_s/sigma_t) x_t - alpha_s (e^{-h} - 1) D.
     x0_prev is the data prediction at the previous grid time t_prev > t. All times (B,)."""
-    lp, lt, ls = (append_dims(_half_lambda(schedule, u), x_t) for u in (t_prev, t, s))
+    lp, lt, ls = (append_dims(schedule.half_log_snr(u), x_t) for u in (t_prev, t, s))
     h = ls - lt
     r = (lt - lp) / h
     D = (1 + 0.5 / r) * x0_now - (0.5 / r) * x0_prev

@@ -23,7 +23,7 @@ from diffedu.objectives.flow_matching import (
 )
 from diffedu.objectives.edm import (
     edm_preconditioning, edm_time_density, edm_time_sampler, edm_weight, EDMCoefficients,
-    EDMDenoiser, sigma_bar
+    EDMDenoiser
 )
 
 __all__ = [
@@ -34,5 +34,5 @@ __all__ = [
     "sliced_score_matching", "sure", "tweedie_x0", "conditional_fm_loss", "conditional_velocity",
     "marginal_fm_loss", "match_time", "PathChange", "PATHS", "reflow_pairs", "straightness",
     "edm_preconditioning", "edm_time_density", "edm_time_sampler", "edm_weight", "EDMCoefficients",
-    "EDMDenoiser", "sigma_bar", "denoising", "elbo", "score_matching", "flow_matching", "edm"
+    "EDMDenoiser", "denoising", "elbo", "score_matching", "flow_matching", "edm"
 ]

@@ -11,7 +11,8 @@ with the raw network F and
 trained with weight lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2 on ||D - x0||^2 (so the
 effective target of F has unit weight) and log sigma ~ N(P_mean, P_std^2). For a general
 schedule x_t = alpha_t (x0 + (sigma_t/alpha_t) eps), so EDM acts on x_t / alpha_t with the
-noise level sigma_bar = sigma_t / alpha_t: the same four lines serve VP, VE and rectified flow.
+noise level sigma_bar = sigma_t / alpha_t (:meth:`~diffedu.schedules.Schedule.sigma_bar`): the same
+four lines serve VP, VE and rectified flow.
 
 In the four-choices view of a loss (monograph §6.2): schedule = any, prediction = x0 (through
 the preconditioner), weight w = lambda, time distribution = log-normal in sigma_bar.
@@ -29,7 +30,7 @@ from diffedu.param import Denoiser
 from diffedu.schedules import Schedule
 
 __all__ = ["EDMCoefficients", "edm_preconditioning", "EDMDenoiser", "edm_weight", "edm_time_sampler",
-           "edm_time_density", "sigma_bar"]
+           "edm_time_density"]
 
 
 class EDMCoefficients(NamedTuple):
@@ -53,11 +54,6 @@ def edm_preconditioning(sigma: torch.Tensor, sigma_data: float = 0.5) -> EDMCoef
                            c_noise=torch.log(sigma.clamp_min(1e-20)) / 4)
 
 
-def sigma_bar(schedule: Schedule, t) -> torch.Tensor:
-    """The VE noise level sigma_bar_t = sigma_t / alpha_t = exp(-lambda_t / 2) of any schedule (monograph §6.4)."""
-    return schedule.sigma(t) / schedule.alpha(t)
-
-
 class EDMDenoiser(Denoiser):
     """A :class:`~diffedu.param.Denoiser` whose net is EDM-preconditioned (appendix D.6).
 
@@ -75,7 +71,7 @@ class EDMDenoiser(Denoiser):
         check_data(x_t, "x_t")
         t = check_time(t, x_t)
         a = append_dims(self.schedule.alpha(t).to(x_t.dtype), x_t)
-        sb = sigma_bar(self.schedule, t).to(x_t.dtype)
+        sb = self.schedule.sigma_bar(t).to(x_t.dtype)
         c = edm_preconditioning(sb, self.sigma_data)
         x_bar = x_t / a
         args = (append_dims(c.c_in, x_t) * x_bar, c.c_noise)
@@ -92,14 +88,14 @@ def edm_weight(schedule: Schedule, sigma_data: float = 0.5) -> Callable[[torch.T
     sd = check_positive(sigma_data, "sigma_data")
 
     def w(t):
-        sb = sigma_bar(schedule, t)
+        sb = schedule.sigma_bar(t)
         return (sb**2 + sd**2) / (sb * sd) ** 2
 
     return w
 
 
 def edm_time_sampler(schedule: Schedule, p_mean: float = -1.2, p_std: float = 1.2):
-    """EDM's time distribution: log sigma_bar ~ N(p_mean, p_std^2), mapped to t by the log-SNR (appendix D.6).
+    """EDM's time distribution: log sigma_bar ~ N(p_mean, p_std^2), mapped to t by the half log-SNR -log sigma_bar (appendix D.6).
 
     Returns ``sampler(n, *, device=None, dtype=torch.float32, generator=None) -> t`` of shape (n,),
     usable as ``time_sampler=`` in :func:`diffedu.objectives.denoising.denoising_loss`. Times are clamped into
@@ -112,7 +108,7 @@ def edm_time_sampler(schedule: Schedule, p_mean: float = -1.2, p_std: float = 1.
         gdev = generator.device if generator is not None else device
         z = torch.randn(n, generator=generator, device=gdev, dtype=torch.float64).to(device)
         log_sb = p_mean + p_std * z
-        t = schedule.t_from_log_snr(-2 * log_sb).clamp(1e-6, 1.0)
+        t = schedule.t_from_half_log_snr(-log_sb).clamp(1e-6, 1.0)
         return t.to(dtype)
 
     return sampler
@@ -125,8 +121,8 @@ def edm_time_density(t: torch.Tensor, schedule: Schedule, p_mean: float = -1.2, 
     turns a time distribution into a weight and back (monograph §6.2).
     """
     a, s, da, ds = schedule.coefficients(t)
-    log_sb = torch.log(s) - torch.log(a)
-    dlog = ds / s - da / a
+    log_sb = -schedule.half_log_snr(t)
+    dlog = ds / s - da / a  # d log sigma_bar / dt
     p_std = check_positive(p_std, "p_std")
     return torch.exp(-0.5 * ((log_sb - p_mean) / p_std) ** 2) / (p_std * math.sqrt(2 * math.pi)) * dlog.abs()
 

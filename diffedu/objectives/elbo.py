@@ -189,7 +189,7 @@ def elbo_terms(model, x0: torch.Tensor, ts, *, variance: str = "posterior", prio
     # reconstruction: -log N(x0; x0_hat(x_{t_1}), decoder_var)
     t1 = ts[1].to(dev).expand(B)
     if decoder_var is None:
-        decoder_var = float((sched.sigma(ts[1]) / sched.alpha(ts[1])) ** 2)  # sigma_bar_{t_1}^2
+        decoder_var = float(sched.sigma_bar(ts[1]) ** 2)
     check_positive(decoder_var, "decoder_var")
     x1 = draw(t1)
     if variance == "learned":

@@ -102,8 +102,9 @@ def match_time(src: Schedule, dst: Schedule, t: torch.Tensor):
     Both paths then carry the same (x0, eps): x^dst_s = alpha^dst_s (x0 + (sigma/alpha) eps).
     ``s`` is clamped to [0, 1] (the paths overlap only on their common SNR range).
     """
-    check_schedule(src)
-    check_schedule(dst)
+    check_schedule(src, "src")
+    check_schedule(dst, "dst")
+    t = check_time(t)
     s = dst.t_from_log_snr(src.log_snr(t))
     return s, dst.alpha(s) / src.alpha(t)
 
@@ -142,21 +143,21 @@ class ReflowPairs(NamedTuple):
     x1: torch.Tensor
 
 
-def reflow_pairs(model, x1: torch.Tensor, n_steps: int = 32, *, sampler: Optional[Callable] = None,
-                 cond=None) -> ReflowPairs:
+def reflow_pairs(model, x1: torch.Tensor, sampler: Callable, *, cond=None) -> ReflowPairs:
     """Reflow's coupling: push noise x1 through the model's PF-ODE to data x0 (monograph §5.4; Liu et al. 2023).
 
-    ``sampler(model, x, ts, cond=...)`` defaults to Heun in t (:func:`diffedu.samplers.ode.sample_heun_t`,
-    which accepts alpha_1 = 0) on ``n_steps`` uniform steps from t = 1 to 0. Train a new flow with
-    ``conditional_fm_loss(new_model, pairs.x0, x1=pairs.x1)`` on these fixed pairs.
+    ``sampler(model, x1) -> x0`` solves the ODE from t = 1 to t = 0 (called with ``cond=cond`` when
+    ``cond`` is given), e.g. Heun in t, which accepts alpha_1 = 0, on 32 uniform steps:
+    ``functools.partial(diffedu.samplers.sample_heun_t, ts=diffedu.samplers.grid_uniform(32))``.
+    Train a new flow with ``conditional_fm_loss(new_model, pairs.x0, x1=pairs.x1)`` on these fixed pairs.
     """
-    from diffedu.samplers.grids import grid_uniform
-    from diffedu.samplers.ode import sample_heun_t
-
     check_data(x1, "x1")
-    sampler = sampler or sample_heun_t
+    if not callable(sampler):
+        raise TypeError(f"sampler: expected a callable sampler(model, x1) -> x0 (e.g. functools.partial(sample_heun_t, "
+                        f"ts=grid_uniform(32))), got {type(sampler).__name__}")
     with torch.no_grad():
-        x0 = sampler(model, x1, grid_uniform(n_steps, 1.0, 0.0), cond=cond)
+        x0 = sampler(model, x1) if cond is None else sampler(model, x1, cond=cond)
+    check_like(x0, x1, "sampler output", "x1")
     return ReflowPairs(x0=x0.detach(), x1=x1.detach())
 
 
@@ -164,7 +165,7 @@ def straightness(path: torch.Tensor, ts) -> torch.Tensor:
     """Straightness S = int ||dx/dt - (x_end - x_start)/(t_end - t_start)||^2 dt / |t_end - t_start| per example (monograph §5.4).
 
     ``path`` (N+1, B, ...) holds positions at the N+1 grid times ``ts`` (as from
-    :func:`diffedu.samplers.ode.trajectory`); velocities are the finite differences. S = 0 exactly
+    :func:`diffedu.samplers.trajectory`); velocities are the finite differences. S = 0 exactly
     when every particle moves on a straight line at constant speed (Liu et al. 2023's measure,
     here averaged over data dimensions). Returns shape (B,).
     """

@@ -19,6 +19,7 @@ import torch
 from diffedu._checks import append_dims, check_data, check_kind, check_model
 from diffedu.forward import VARIANCES, reverse_kernel
 from .grids import check_grid
+from .record import StepLoop
 
 __all__ = ["ancestral_step", "sample_ancestral"]
 
@@ -47,28 +48,25 @@ def ancestral_step(model, x: torch.Tensor, t, s, *, variance: str = "posterior",
 
 def sample_ancestral(model, x: torch.Tensor, ts, *, variance: str = "posterior", cond=None,
                      generator: Optional[torch.Generator] = None,
-                     callback: Optional[Callable[[int, torch.Tensor, object], None]] = None,
-                     progress: bool = False) -> torch.Tensor:
+                     callback: Optional[Callable] = None, progress: bool = False) -> torch.Tensor:
     """DDPM ancestral sampling along a decreasing float64 grid ``ts`` (monograph §2.2; Ho et al. 2020, Alg. 2).
 
     ``model(x_t, t, cond) -> Prediction`` with ``model.schedule`` (any schedule; VP for DDPM);
     ``x`` is the starting noise at ts[0] (e.g. ``torch.randn(...)`` for a VP schedule at t = 1).
     ``variance``: ``"posterior"`` (tilde-beta), ``"beta"`` (sigma_{t|s}^2) or ``"learned"``
     (:class:`diffedu.objectives.elbo.LearnedVarianceDenoiser`). Ending the grid at 0 returns the final
-    denoised mean. ``callback(i, x_s, prediction)`` is called after every step.
+    denoised mean. ``callback(step)`` after every step i sees a :class:`~diffedu.samplers.record.Step`
+    with ``t = ts[i + 1]``, the new state ``x`` and the ``prediction`` at (x_{ts[i]}, ts[i]);
+    ``progress=True`` shows a tqdm bar.
     """
     check_data(x, "x")
     check_kind(variance, VARIANCES, "variance")
     ts = check_grid(ts)
     check_model(model)
-    steps = range(len(ts) - 1)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="ancestral", leave=False)
+    loop = StepLoop(len(ts) - 1, callback, progress, "ancestral")
+    times = ts.tolist()
     with torch.no_grad():
-        for i in steps:
+        for i in loop:
             x, pred = ancestral_step(model, x, ts[i], ts[i + 1], variance=variance, cond=cond, generator=generator)
-            if callback is not None:
-                callback(i, x, pred)
+            loop.report(i, times[i + 1], x, pred)
     return x

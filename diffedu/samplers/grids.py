@@ -15,21 +15,27 @@ function            uniform in                                                 t
                     ``"linspace"`` spacing of diffusers) of a DiscreteSchedule  diffusers
 ==================  =========================================================  ================
 
-sigma_bar = sigma_t / alpha_t = exp(-lambda_t) is the "noise-to-signal ratio": the PF-ODE
-written in (x / alpha_t, sigma_bar) is dx_bar/d sigma_bar = eps(x, t) (monograph §9.2), the
-variable in which EDM's Heun and DEIS's rho-Adams-Bashforth are classical solvers.
+sigma_bar = sigma_t / alpha_t = exp(-lambda_t) (:meth:`~diffedu.schedules.Schedule.sigma_bar`) is
+the "noise-to-signal ratio": the PF-ODE written in (x / alpha_t, sigma_bar) is
+dx_bar/d sigma_bar = eps(x, t) (monograph §9.2), the variable in which EDM's Heun and DEIS's
+rho-Adams-Bashforth are classical solvers.
+
+A :class:`Grid` is a grid together with its schedule's coefficients at every grid time (alpha,
+sigma, their derivatives, the half log-SNR, sigma_bar and the stages of the single-step
+solvers), computed once in float64. Every ODE solver takes one in place of ``ts``; build it once
+to sample many batches on one grid (a plain ``ts`` tensor builds one per call).
 """
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import torch
 
 from diffedu._checks import check_schedule
-
 from diffedu.schedules import DiscreteSchedule, Schedule
 
-__all__ = ["grid_uniform", "grid_power", "grid_log_snr", "grid_karras", "grid_ddpm", "check_grid", "sigma_bar_to_t"]
+__all__ = ["Grid", "as_grid", "check_grid", "grid_uniform", "grid_power", "grid_log_snr", "grid_karras", "grid_ddpm"]
 
 
 def _check_steps(n_steps):
@@ -46,7 +52,9 @@ def _check_ends(t_start, t_end):
 
 
 def check_grid(ts) -> torch.Tensor:
-    """Validate a sampling grid: a strictly decreasing 1-D tensor of times in [0, 1]; returned as float64 (CPU)."""
+    """Validate a sampling grid: a strictly decreasing 1-D tensor of times in [0, 1] (or a :class:`Grid`); returned as float64 (CPU)."""
+    if isinstance(ts, Grid):
+        return ts.ts
     if not torch.is_tensor(ts):
         raise TypeError(f"ts: expected a 1-D float tensor of decreasing times, got {type(ts).__name__}")
     if not ts.is_floating_point():
@@ -59,6 +67,120 @@ def check_grid(ts) -> torch.Tensor:
     if (ts[1:] >= ts[:-1]).any():
         raise ValueError("ts: expected strictly decreasing times (from noise at t near 1 to data at t near 0)")
     return ts
+
+
+#: the stage fractions r of the single-step solvers: DPM-Solver-2 and ++(2S) use 1/2, DPM-Solver-3 1/3 and 2/3
+STAGES = (1 / 3, 0.5, 2 / 3)
+
+
+class Grid:
+    """A sampling grid and its schedule's float64 coefficients at every grid time, computed once (monograph §9.1-9.5).
+
+    ``Grid(schedule, ts)`` validates ``ts`` (:func:`check_grid`) and tabulates, as tuples of Python
+    floats indexed like ``ts``: ``t``, ``alpha``, ``sigma``, ``d_alpha``, ``d_sigma`` (sigma'_t may be
+    infinite where sigma_t = 0; no solver uses it there), ``lam`` (the half log-SNR
+    log(alpha_t / sigma_t), +inf at the data) and ``sigma_bar`` (sigma_t / alpha_t), plus the stages
+    of the single-step solvers (:meth:`stage`; ``stages=False`` skips them, for the solvers that
+    never use them). Every ODE solver of :mod:`diffedu.samplers.ode` takes a Grid in place of
+    ``ts``: build it once and reuse it for many batches (a plain ``ts`` builds one per call).
+    Immutable: nothing is computed or cached after construction.
+    """
+
+    __slots__ = ("schedule", "ts", "t", "alpha", "sigma", "d_alpha", "d_sigma", "lam", "sigma_bar", "_stages")
+
+    def __init__(self, schedule: Schedule, ts: torch.Tensor, *, stages: bool = True):
+        check_schedule(schedule)
+        ts = check_grid(ts).clone()
+        a, s, da, ds = schedule.coefficients(ts)
+        lam = schedule.half_log_snr(ts)
+        fields = {"schedule": schedule, "ts": ts, "t": tuple(ts.tolist()), "alpha": tuple(a.tolist()),
+                  "sigma": tuple(s.tolist()), "d_alpha": tuple(da.tolist()), "d_sigma": tuple(ds.tolist()),
+                  "lam": tuple(lam.tolist()), "sigma_bar": tuple(schedule.sigma_bar(ts).tolist()),
+                  "_stages": _stage_table(schedule, lam) if stages else None}
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Grid is immutable: build a new Grid(schedule, ts) instead of setting {name!r}")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"Grid is immutable: cannot delete {name!r}")
+
+    @property
+    def n_steps(self) -> int:
+        """Number of solver steps, len(ts) - 1."""
+        return len(self.t) - 1
+
+    def stage(self, i: int, r: float) -> Tuple[float, float, float]:
+        """(t, alpha, sigma) at lambda_i + r (lambda_{i+1} - lambda_i), the stage of a single-step solver (monograph §9.4).
+
+        ``r`` is one of :data:`STAGES`. On a step that lands on sigma = 0 (infinitely long in lambda)
+        it is instead the midpoint in sigma_bar, sigma_bar_i / 2 (lambda_i + log 2), whatever ``r``:
+        the stage of the final midpoint step (monograph §9.5).
+        """
+        try:
+            return self._stages[r][i]
+        except (KeyError, TypeError):
+            if self._stages is None:
+                raise ValueError("ts: this Grid was built with stages=False; the single-step solvers (DPM-Solver-2/3, "
+                                 "DPM-Solver++(2S)) need them: build Grid(schedule, ts)") from None
+            if not self._stages:
+                raise ValueError(f"ts: the grid starts where alpha_t = 0 (half log-SNR -inf at t = {self.t[0]}): "
+                                 "it has no stages in lambda") from None
+            raise ValueError(f"r: expected one of the stage fractions {STAGES}, got {r!r}") from None
+
+    def __repr__(self):
+        return f"Grid({self.schedule!r}, n_steps={self.n_steps}, t={self.t[0]:g} -> {self.t[-1]:g})"
+
+
+def _stage_table(schedule: Schedule, lam: torch.Tensor) -> dict:
+    """{r: ((t, alpha, sigma) of every step i)} for r in STAGES, all steps in one vectorised float64 pass.
+
+    Empty when the grid starts at alpha = 0 (lambda_0 = -inf, no stage exists; the solvers that
+    need stages refuse such a start). Otherwise only the last lambda can be infinite (+inf, the
+    data), where the stage is the sigma_bar midpoint lambda_i + log 2.
+    """
+    if not math.isfinite(float(lam[0])):
+        return {}
+    r = torch.tensor(STAGES, dtype=torch.float64)[:, None]
+    mid = lam[:-1] + r * (lam[1:] - lam[:-1])
+    mid = torch.where(torch.isfinite(lam[1:]), mid, lam[:-1] + math.log(2.0))  # to sigma = 0: sigma_bar_i / 2
+    t = schedule.t_from_half_log_snr(mid)
+    if schedule.variance_preserving:  # alpha^2 = sigmoid(2 lambda), sigma^2 = sigmoid(-2 lambda): exact, no t needed
+        a, s = torch.sigmoid(2 * mid).sqrt(), torch.sigmoid(-2 * mid).sqrt()
+    else:
+        a, s, _, _ = schedule.coefficients(t)
+    return {rk: tuple(zip(t[k].tolist(), a[k].tolist(), s[k].tolist())) for k, rk in enumerate(STAGES)}
+
+
+def _same_schedule(a: Schedule, b: Schedule) -> bool:
+    """The same object, or the same class with equal parameters (e.g. a deep copy inside an EMA model)."""
+    if a is b:
+        return True
+    if type(a) is not type(b) or vars(a).keys() != vars(b).keys():
+        return False
+    for k, va in vars(a).items():
+        vb = vars(b)[k]
+        same = torch.equal(va, vb) if torch.is_tensor(va) and torch.is_tensor(vb) else va == vb
+        if not same:
+            return False
+    return True
+
+
+def as_grid(schedule: Schedule, ts, *, stages: bool = False) -> Grid:
+    """``ts`` itself if it is a :class:`Grid` of ``schedule`` (or of an equal schedule), else ``Grid(schedule, ts, stages=stages)``.
+
+    ``stages=True`` (a single-step solver) also requires a given Grid to have its stages.
+    """
+    if isinstance(ts, Grid):
+        if not _same_schedule(ts.schedule, schedule):
+            raise ValueError(f"ts: this Grid was built for {ts.schedule!r} but the model's schedule is {schedule!r}; "
+                             "build Grid(model.schedule, ts)")
+        if stages and ts._stages is None:
+            raise ValueError("ts: this Grid was built with stages=False; the single-step solvers (DPM-Solver-2/3, "
+                             "DPM-Solver++(2S)) need them: build Grid(schedule, ts)")
+        return ts
+    return Grid(schedule, ts, stages=stages)
 
 
 def grid_uniform(n_steps: int, t_start: float = 1.0, t_end: float = 0.0) -> torch.Tensor:
@@ -84,21 +206,6 @@ def grid_power(n_steps: int, power: float = 2.0, t_start: float = 1.0, t_end: fl
     return ts
 
 
-def sigma_bar_to_t(schedule: Schedule, sigma_bar: torch.Tensor) -> torch.Tensor:
-    """Time t with sigma_t / alpha_t = ``sigma_bar`` (sigma_bar = exp(-lambda_t), lambda the half log-SNR); 0 maps to t = 0."""
-    check_schedule(schedule)
-    sigma_bar = torch.as_tensor(sigma_bar, dtype=torch.float64)
-    if (sigma_bar < 0).any():
-        raise ValueError("sigma_bar: expected non-negative noise-to-signal ratios")
-    t = schedule.t_from_log_snr(-2 * torch.log(sigma_bar.clamp_min(1e-300)))
-    return torch.where(sigma_bar == 0, torch.zeros_like(t), t)
-
-
-def _half_lambda(schedule, t):
-    t = torch.tensor(float(t), dtype=torch.float64)
-    return float(torch.log(schedule.alpha(t)) - torch.log(schedule.sigma(t)))
-
-
 def grid_log_snr(schedule: Schedule, n_steps: int, t_start: float = 1.0, t_end: float = 1e-3) -> torch.Tensor:
     """``n_steps + 1`` times uniform in the half log-SNR lambda_t = log(alpha_t/sigma_t) (DPM-Solver's grid, monograph §9.4).
 
@@ -108,12 +215,12 @@ def grid_log_snr(schedule: Schedule, n_steps: int, t_start: float = 1.0, t_end: 
     check_schedule(schedule)
     _check_steps(n_steps)
     _check_ends(t_start, t_end)
-    l0, l1 = _half_lambda(schedule, t_start), _half_lambda(schedule, t_end)
+    l0, l1 = schedule.half_log_snr(torch.tensor([float(t_start), float(t_end)], dtype=torch.float64)).tolist()
     if not (math.isfinite(l0) and math.isfinite(l1)):
         raise ValueError(f"t_start, t_end: the log-SNR is infinite at t={t_start if not math.isfinite(l0) else t_end}; "
                          "pick end points with 0 < alpha_t and sigma_t > 0")
     lam = torch.linspace(l0, l1, n_steps + 1, dtype=torch.float64)
-    ts = schedule.t_from_log_snr(2 * lam)
+    ts = schedule.t_from_half_log_snr(lam)
     ts[0], ts[-1] = float(t_start), float(t_end)
     return ts
 
@@ -130,12 +237,12 @@ def grid_karras(schedule: Schedule, n_steps: int, t_start: float = 1.0, t_end: f
     if not isinstance(rho, (int, float)) or not rho > 0:
         raise ValueError(f"rho: expected a positive exponent, got {rho!r}")
     tt = torch.tensor([float(t_start), float(t_end)], dtype=torch.float64)
-    sb = schedule.sigma(tt) / schedule.alpha(tt)
+    sb = schedule.sigma_bar(tt)
     if not torch.isfinite(sb[0]):
         raise ValueError(f"t_start: alpha_t = 0 at t = {t_start}, so sigma_t/alpha_t is infinite; start slightly below it")
     u = torch.linspace(0, 1, n_steps + 1, dtype=torch.float64)
     sbar = (sb[0] ** (1 / rho) + u * (sb[1] ** (1 / rho) - sb[0] ** (1 / rho))) ** rho
-    ts = sigma_bar_to_t(schedule, sbar)
+    ts = schedule.t_from_sigma_bar(sbar)
     ts[0], ts[-1] = float(t_start), float(t_end)
     return ts
 

@@ -15,12 +15,13 @@ or a model obeying the model contract (its ``.score`` at a given t, monograph §
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import torch
 
 from diffedu._checks import append_dims, check_data, check_like, check_model, check_positive, check_time
 from .grids import check_grid
+from .record import StepLoop
 
 __all__ = ["langevin_step", "sample_langevin", "sample_annealed_langevin", "score_function"]
 
@@ -66,36 +67,31 @@ def langevin_step(x: torch.Tensor, score: torch.Tensor, step_size, *, noise: Opt
 
 
 def sample_langevin(score, x: torch.Tensor, *, step_size: float, n_steps: int, t=None, cond=None,
-                    generator: Optional[torch.Generator] = None,
-                    callback: Optional[Callable[[int, torch.Tensor], None]] = None,
+                    generator: Optional[torch.Generator] = None, callback: Optional[Callable] = None,
                     progress: bool = False) -> torch.Tensor:
     """Run ``n_steps`` of unadjusted Langevin dynamics from ``x`` (monograph §3.1).
 
     ``score`` is a function x -> grad log p(x) or a model (then ``t`` picks p_t, see
     :func:`score_function`). Samples approach p as n_steps -> inf and step_size -> 0.
-    ``callback(k, x)`` after each step.
+    ``callback(step)`` after each step k sees a :class:`~diffedu.samplers.record.Step` with
+    ``i = k``, ``t`` the fixed time of a model's p_t (None for a bare score function), the new
+    state ``x`` and ``prediction = None``; ``progress=True`` shows a tqdm bar.
     """
     check_data(x, "x")
     check_positive(step_size, "step_size")
-    if not isinstance(n_steps, int) or n_steps < 1:
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps: expected a positive int, got {n_steps!r}")
     fn = score_function(score, t, cond)
-    it = range(n_steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc="langevin", leave=False)
-    for k in it:
-        x = langevin_step(x, fn(x), step_size, generator=generator)
-        if callback is not None:
-            callback(k, x)
+    t_fixed = float(t) if hasattr(score, "schedule") else None
+    loop = StepLoop(n_steps, callback, progress, "Langevin")
+    for k in loop:
+        x = loop.report(k, t_fixed, langevin_step(x, fn(x), step_size, generator=generator))
     return x
 
 
 def sample_annealed_langevin(model, x: torch.Tensor, ts, *, n_steps_each: int = 10, step_scale: float = 2e-3,
                              cond=None, denoise_last: bool = True, generator: Optional[torch.Generator] = None,
-                             callback: Optional[Callable[[int, int, torch.Tensor], None]] = None,
-                             progress: bool = False) -> torch.Tensor:
+                             callback: Optional[Callable] = None, progress: bool = False) -> torch.Tensor:
     """NCSN's annealed Langevin dynamics over the noise levels of the decreasing grid ``ts`` (monograph §3.4).
 
     At each level t_i (from noise to data), ``n_steps_each`` ULA steps target p_{t_i} with step
@@ -104,7 +100,11 @@ def sample_annealed_langevin(model, x: torch.Tensor, ts, *, n_steps_each: int = 
     any schedule: VE gives NCSN, VP reuses a DDPM network). ULA on a Gaussian of width sigma is
     stable only for h < 2 sigma^2, so keep h_i / sigma_{t_i}^2 = step_scale / sigma_{t_last}^2 well
     below 1 (e.g. step_scale = 0.1 sigma_{t_last}^2). ``denoise_last`` returns the Tweedie
-    estimate E[x0 | x_{t_last}] at the end (monograph §3.3). ``callback(i, k, x)`` after each step.
+    estimate E[x0 | x_{t_last}] at the end (monograph §3.3), reported as one more step at t = 0.
+
+    ``callback(step)`` after each ULA step sees a :class:`~diffedu.samplers.record.Step`: ``i``
+    counts all steps (inner step k at level j is i = j n_steps_each + k), ``t = ts[j]``, the new
+    state ``x`` and the ``prediction`` whose score made the step; ``progress=True`` shows a tqdm bar.
     """
     check_data(x, "x")
     ts = check_grid(ts)
@@ -116,22 +116,17 @@ def sample_annealed_langevin(model, x: torch.Tensor, ts, *, n_steps_each: int = 
     if float(ts[-1]) == 0.0 and float(sched.sigma(ts[-1])) == 0.0:
         raise ValueError("ts: the last noise level has sigma = 0 (no score there); end the grid at t > 0")
     sig_last2 = float(sched.sigma(ts[-1])) ** 2
-    levels = range(len(ts))
-    if progress:
-        from tqdm.auto import tqdm
-
-        levels = tqdm(levels, desc="annealed Langevin", leave=False)
-    pred = None
+    times = ts.tolist()
+    loop = StepLoop(len(times) * n_steps_each, callback, progress, "annealed Langevin")
     with torch.no_grad():
-        for i in levels:
-            t = ts[i]
-            h = step_scale * float(sched.sigma(t)) ** 2 / sig_last2
-            tb = torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
-            for k in range(n_steps_each):
-                pred = model(x, tb, cond)
-                x = langevin_step(x, pred.score, h, generator=generator)
-                if callback is not None:
-                    callback(i, k, x)
+        for i in loop:
+            level, k = divmod(i, n_steps_each)
+            if k == 0:  # a new noise level t_j: its step size h_j and the batch of times
+                h = step_scale * float(sched.sigma(ts[level])) ** 2 / sig_last2
+                tb = torch.full((x.shape[0],), times[level], device=x.device, dtype=x.dtype)
+            pred = model(x, tb, cond)
+            x = loop.report(i, times[level], langevin_step(x, pred.score, h, generator=generator), pred)
         if denoise_last:
-            x = model(x, tb, cond).x0
+            pred = model(x, tb, cond)
+            x = loop.report(loop.n, 0.0, pred.x0, pred)
     return x

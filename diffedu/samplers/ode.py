@@ -38,22 +38,30 @@ order because it is one step). Neither evaluates the model at sigma = 0. See mon
 the chapter "Fast solvers".
 
 Conventions: ``model(x_t, t, cond) -> Prediction`` with ``model.schedule``; ``ts`` is a
-decreasing float64 grid (:mod:`diffedu.samplers.grids`), cast to x's dtype only at the model
-call; ``callback(i, t, x)`` sees the state after step i. Every function returns x at ts[-1].
+decreasing float64 grid (:mod:`diffedu.samplers.grids`) or a :class:`~diffedu.samplers.grids.Grid`
+built from it once (the schedule's coefficients at the grid times, reused across batches); times
+are cast to x's dtype only at the model call. ``callback(step)`` sees one
+:class:`~diffedu.samplers.record.Step` after step i: ``step.t = ts[i + 1]``, ``step.x`` the state
+there, ``step.prediction`` the model's prediction at (x_i, ts[i]); ``progress=True`` shows a tqdm
+bar. Every function returns x at ts[-1].
 """
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 
 from diffedu._checks import check_data, check_model
 from diffedu.param import Prediction
-from diffedu.schedules import Schedule
-from .grids import check_grid, grid_ddpm, grid_karras, grid_log_snr, grid_power, grid_uniform, sigma_bar_to_t
+from .grids import Grid, as_grid
+from .grids import grid_ddpm, grid_karras, grid_log_snr, grid_power, grid_uniform  # noqa: F401  (read as ode.grid_*)
+from .record import StepLoop
+from .record import trajectory  # noqa: F401  (kept importable as ode.trajectory)
+
+#: what every solver takes as its time grid: a decreasing float64 tensor, or a Grid built from one
+Times = Union[torch.Tensor, Grid]
 
 __all__ = [
     "sample_euler",
@@ -66,89 +74,18 @@ __all__ = [
     "sample_dpm_solver_pp_3m",
     "sample_deis",
     "solve_pf_ode_reference",
-    "trajectory",
     "SOLVERS",
-    "grid_uniform",
-    "grid_power",
-    "grid_log_snr",
-    "grid_karras",
-    "grid_ddpm",
-    "sigma_bar_to_t",
 ]
 
 
 # ------------------------------------------------------------------------------------------ shared
-class _Table:
-    """alpha, sigma, alpha', sigma', half log-SNR and sigma_bar at every grid time, as Python floats (float64)."""
-
-    def __init__(self, schedule: Schedule, ts: torch.Tensor):
-        self.schedule = schedule
-        self.t = ts.tolist()
-        a, s, da, ds = schedule.coefficients(ts)  # sigma' may be infinite at sigma = 0: never used there
-        self.a, self.s, self.da, self.ds = a.tolist(), s.tolist(), da.tolist(), ds.tolist()
-        self.lam = (torch.log(a) - torch.log(s)).tolist()  # +inf at the data (sigma = 0)
-        self.sb = (s / a).tolist()
-
-        self._stages = {}
-
-    def stage(self, i: int, r: float):
-        """(t, alpha, sigma) at lambda_i + r (lambda_{i+1} - lambda_i), the stage of a single-step solver.
-
-        On a step that lands on sigma = 0 (infinitely long in lambda) it is instead the midpoint in
-        sigma_bar, sigma_bar_i / 2 (lambda_i + log 2), whatever ``r``: the stage of the final midpoint
-        step. Computed for the whole grid at once (vectorised, float64) the first time ``r`` is asked
-        for; :meth:`prepare` does it for several ``r`` in one pass.
-        """
-        if r not in self._stages:
-            self.prepare((r,))
-        return self._stages[r][i]
-
-    def prepare(self, rs):
-        """Compute the stages of every ``r`` in ``rs`` for all steps with one schedule call (solver overhead)."""
-        rs = [r for r in rs if r not in self._stages]
-        if not rs:
-            return
-        lam = torch.tensor(self.lam, dtype=torch.float64)
-        r = torch.tensor(rs, dtype=torch.float64)[:, None]
-        mid = lam[:-1] + r * (lam[1:] - lam[:-1])
-        mid = torch.where(torch.isfinite(lam[1:]), mid, lam[:-1] + math.log(2.0))  # to sigma = 0: sigma_bar_i / 2
-        t = self.schedule.t_from_log_snr(2 * mid)
-        if self.schedule.variance_preserving:  # alpha^2 = sigmoid(2 lambda), sigma^2 = sigmoid(-2 lambda): no t needed
-            a, s = torch.sigmoid(2 * mid).sqrt(), torch.sigmoid(-2 * mid).sqrt()
-        else:
-            a, s, _, _ = self.schedule.coefficients(t)
-        for k, rk in enumerate(rs):
-            self._stages[rk] = list(zip(t[k].tolist(), a[k].tolist(), s[k].tolist()))
-
-    def at_sigma_bar(self, sb: float):
-        t = sigma_bar_to_t(self.schedule, torch.tensor(sb, dtype=torch.float64))
-        return float(t), float(self.schedule.alpha(t))
-
-
-def _setup(model, x, ts):
+def _setup(model, x, ts, callback, progress, desc, stages=False):
+    """Validate, then the solver's Grid (``ts`` itself if it is one; with the stages of a single-step
+    solver if ``stages``) and its StepLoop over the grid's steps."""
     check_model(model)
     check_data(x, "x")
-    ts = check_grid(ts)
-    return _table(model.schedule, ts), ts.numel() - 1
-
-
-_TABLES: "OrderedDict[tuple, _Table]" = OrderedDict()  # small LRU: sampling many batches reuses one grid
-
-
-def _table(schedule: Schedule, ts: torch.Tensor) -> _Table:
-    """The grid's _Table, cached per (schedule object, grid values): computing it is most of a solver's fixed cost.
-
-    The cached table keeps a reference to its schedule, so the id in the key cannot be reused while cached.
-    """
-    key = (id(schedule), ts.numpy().tobytes())
-    tab = _TABLES.get(key)
-    if tab is None or tab.schedule is not schedule:
-        tab = _TABLES[key] = _Table(schedule, ts)
-        if len(_TABLES) > 16:
-            _TABLES.popitem(last=False)
-    else:
-        _TABLES.move_to_end(key)
-    return tab
+    g = as_grid(model.schedule, ts, stages=stages)
+    return g, StepLoop(g.n_steps, callback, progress, desc)
 
 
 #: largest sigma_bar = sigma/alpha a solver that divides by alpha (or steps in lambda) may start from:
@@ -156,13 +93,13 @@ def _table(schedule: Schedule, ts: torch.Tensor) -> _Table:
 _MAX_START_SIGMA_BAR = 1e8
 
 
-def _check_alpha_start(tab):
-    sb = tab.sb[0]
+def _check_alpha_start(g):
+    sb = g.sigma_bar[0]
     if not math.isfinite(sb) or sb > _MAX_START_SIGMA_BAR:
-        raise ValueError(f"ts: alpha_t = {tab.a[0]:.3g} at t = {tab.t[0]} (sigma/alpha = {sb:.3g}); this solver divides "
+        raise ValueError(f"ts: alpha_t = {g.alpha[0]:.3g} at t = {g.t[0]} (sigma/alpha = {sb:.3g}); this solver divides "
                          f"by alpha_t or steps in lambda = -log(sigma/alpha), so it needs a start where sigma/alpha <= "
                          f"{_MAX_START_SIGMA_BAR:.0e} (e.g. t = 0.999), or use sample_euler / sample_ddim")
-    return tab
+    return g
 
 
 def _predict(model, x: torch.Tensor, t: float, cond) -> Prediction:
@@ -191,12 +128,6 @@ def _lin(c0: float, t0: torch.Tensor, *rest) -> torch.Tensor:
     for k in range(start, len(rest), 2):
         out = torch.add(out, rest[k + 1], alpha=rest[k])
     return out
-
-
-def _done(callback, i, t, x):
-    if callback is not None:
-        callback(i, t, x)
-    return x
 
 
 # Gauss-Legendre rules on [-1, 1]: 3 points are exact for the polynomials of the sigma_bar steps,
@@ -230,43 +161,46 @@ def _lagrange_integrals(nodes, a: float, b: float, exp_weight: bool = False):
     return out
 
 
-def _ab_sigma_bar_step(x, tab, i, hist, order):
+def _ab_sigma_bar_step(x, g, i, hist, order):
     """Adams-Bashforth step of (9.2) from grid point i to i+1 using up to ``order`` stored (sigma_bar_j, eps_j), newest first."""
     use = hist[:order]
-    w = _lagrange_integrals([sb for sb, _ in use], tab.sb[i], tab.sb[i + 1])
-    terms = [c for wj, (_, e) in zip(w, use) for c in (tab.a[i + 1] * wj, e)]
-    return _lin(tab.a[i + 1] / tab.a[i], x, *terms)  # alpha_{i+1} (x_i / alpha_i + sum_j w_j eps_j)
+    w = _lagrange_integrals([sb for sb, _ in use], g.sigma_bar[i], g.sigma_bar[i + 1])
+    terms = [c for wj, (_, e) in zip(w, use) for c in (g.alpha[i + 1] * wj, e)]
+    return _lin(g.alpha[i + 1] / g.alpha[i], x, *terms)  # alpha_{i+1} (x_i / alpha_i + sum_j w_j eps_j)
 
 
-def _midpoint_to_data(model, x, tab, i, eps_i, cond):
+def _midpoint_to_data(model, x, g, i, eps_i, cond):
     """Explicit midpoint step of (9.2) from grid point i to sigma_bar = 0 (the data): order 2, no evaluation at sigma = 0."""
-    sb = tab.sb[i]
-    tm, am, _ = tab.stage(i, 0.5)  # on a final step: sigma_bar_i / 2
-    x_m = _lin(am / tab.a[i], x, -0.5 * am * sb, eps_i)  # alpha_m (x_i / alpha_i - sigma_bar_i / 2 eps_i)
+    sb = g.sigma_bar[i]
+    tm, am, _ = g.stage(i, 0.5)  # on a final step: sigma_bar_i / 2
+    x_m = _lin(am / g.alpha[i], x, -0.5 * am * sb, eps_i)  # alpha_m (x_i / alpha_i - sigma_bar_i / 2 eps_i)
     eps_m = _predict(model, x_m, tm, cond).eps
-    return _lin(tab.a[i + 1] / tab.a[i], x, -tab.a[i + 1] * sb, eps_m)
+    return _lin(g.alpha[i + 1] / g.alpha[i], x, -g.alpha[i + 1] * sb, eps_m)
 
 
 # ------------------------------------------------------------------------------------------ classical
 def _field(model, x, t, da, ds, cond):
+    """(PF-ODE velocity alpha' E[x0|x] + sigma' E[eps|x], the prediction it came from) (monograph §4.4, §6.3)."""
     p = _predict(model, x, t, cond)
-    return _lin(da, p.x0, ds, p.eps)  # PF-ODE velocity alpha' E[x0|x] + sigma' E[eps|x] (monograph §4.4, §6.3)
+    return _lin(da, p.x0, ds, p.eps), p
 
 
-def sample_euler(model, x: torch.Tensor, ts: torch.Tensor, *, cond=None, callback: Optional[Callable] = None) -> torch.Tensor:
+def sample_euler(model, x: torch.Tensor, ts: Times, *, cond=None, callback: Optional[Callable] = None,
+                 progress: bool = False) -> torch.Tensor:
     """Explicit Euler on the PF-ODE dx/dt = alpha'_t E[x0|x] + sigma'_t E[eps|x] in the grid's own time t (monograph §4.4, §9.1).
 
     Works for every schedule (for rectified flow it is the usual flow-matching sampler). First
     order: its error falls like 1/NFE. One model evaluation per step.
     """
-    tab, n = _setup(model, x, ts)
-    for i in range(n):
-        v = _field(model, x, tab.t[i], tab.da[i], tab.ds[i], cond)
-        x = _done(callback, i, tab.t[i + 1], _lin(1.0, x, tab.t[i + 1] - tab.t[i], v))
+    g, loop = _setup(model, x, ts, callback, progress, "Euler")
+    for i in loop:
+        v, p = _field(model, x, g.t[i], g.d_alpha[i], g.d_sigma[i], cond)
+        x = loop.report(i, g.t[i + 1], _lin(1.0, x, g.t[i + 1] - g.t[i], v), p)
     return x
 
 
-def sample_heun(model, x: torch.Tensor, ts: torch.Tensor, *, cond=None, callback: Optional[Callable] = None) -> torch.Tensor:
+def sample_heun(model, x: torch.Tensor, ts: Times, *, cond=None, callback: Optional[Callable] = None,
+                progress: bool = False) -> torch.Tensor:
     """Heun's method (explicit trapezoid) on the DDIM ODE (9.2), d(x/alpha)/d sigma_bar = eps -- EDM's deterministic sampler (Karras et al. 2022, Alg. 1; monograph §9.1-9.2).
 
     EDM integrates in sigma on the scaled state x/s(t); for a general schedule that is Heun in
@@ -280,24 +214,25 @@ def sample_heun(model, x: torch.Tensor, ts: torch.Tensor, *, cond=None, callback
     and :func:`grid_karras` this is exactly EDM's sampler. 2 evaluations per step (1 on a final
     step to sigma = 0). Needs alpha_t > 0 on the grid.
     """
-    tab, n = _setup(model, x, ts)
-    _check_alpha_start(tab)
-    eps = _predict(model, x, tab.t[0], cond).eps
-    for i in range(n):
-        h, r = tab.sb[i + 1] - tab.sb[i], tab.a[i + 1] / tab.a[i]
-        x_pred = _lin(r, x, tab.a[i + 1] * h, eps)  # alpha_{i+1} (x_bar_i + h eps_i)
-        if tab.s[i + 1] > 0:
-            eps_next = _predict(model, x_pred, tab.t[i + 1], cond).eps
-            x = _lin(r, x, 0.5 * tab.a[i + 1] * h, eps, 0.5 * tab.a[i + 1] * h, eps_next)
-            if i + 1 < n:  # EDM re-evaluates at the corrected point: the next step's Euler slope
-                eps = _predict(model, x, tab.t[i + 1], cond).eps
+    g, loop = _setup(model, x, ts, callback, progress, "Heun")
+    _check_alpha_start(g)
+    p = _predict(model, x, g.t[0], cond)  # the Euler slope eps_i of the next step comes from p
+    for i in loop:
+        p_i, h, r = p, g.sigma_bar[i + 1] - g.sigma_bar[i], g.alpha[i + 1] / g.alpha[i]
+        x_pred = _lin(r, x, g.alpha[i + 1] * h, p_i.eps)  # alpha_{i+1} (x_bar_i + h eps_i)
+        if g.sigma[i + 1] > 0:
+            eps_next = _predict(model, x_pred, g.t[i + 1], cond).eps
+            x = _lin(r, x, 0.5 * g.alpha[i + 1] * h, p_i.eps, 0.5 * g.alpha[i + 1] * h, eps_next)
+            if i + 1 < g.n_steps:  # EDM re-evaluates at the corrected point: the next step's Euler slope
+                p = _predict(model, x, g.t[i + 1], cond)
         else:
             x = x_pred
-        _done(callback, i, tab.t[i + 1], x)
+        loop.report(i, g.t[i + 1], x, p_i)
     return x
 
 
-def sample_heun_t(model, x: torch.Tensor, ts: torch.Tensor, *, cond=None, callback: Optional[Callable] = None) -> torch.Tensor:
+def sample_heun_t(model, x: torch.Tensor, ts: Times, *, cond=None, callback: Optional[Callable] = None,
+                  progress: bool = False) -> torch.Tensor:
     """Heun's method on the PF-ODE dx/dt = alpha'_t E[x0|x] + sigma'_t E[eps|x] in the grid's own time t (monograph §4.4, §9.1).
 
     The same trapezoid as :func:`sample_heun` but in the variable t; kept to show that *the
@@ -306,45 +241,49 @@ def sample_heun_t(model, x: torch.Tensor, ts: torch.Tensor, *, cond=None, callba
     Works for every schedule, including alpha_t = 0 at t = 1 (rectified flow). 2 evaluations per
     step (1 on a final step to sigma = 0).
     """
-    tab, n = _setup(model, x, ts)
-    for i in range(n):
-        h = tab.t[i + 1] - tab.t[i]
-        v = _field(model, x, tab.t[i], tab.da[i], tab.ds[i], cond)
+    g, loop = _setup(model, x, ts, callback, progress, "Heun in t")
+    for i in loop:
+        h = g.t[i + 1] - g.t[i]
+        v, p = _field(model, x, g.t[i], g.d_alpha[i], g.d_sigma[i], cond)
         x_pred = _lin(1.0, x, h, v)
-        if tab.s[i + 1] > 0:
-            v2 = _field(model, x_pred, tab.t[i + 1], tab.da[i + 1], tab.ds[i + 1], cond)
+        if g.sigma[i + 1] > 0:
+            v2, _ = _field(model, x_pred, g.t[i + 1], g.d_alpha[i + 1], g.d_sigma[i + 1], cond)
             x_pred = _lin(1.0, x, 0.5 * h, v, 0.5 * h, v2)
-        x = _done(callback, i, tab.t[i + 1], x_pred)
+        x = loop.report(i, g.t[i + 1], x_pred, p)
     return x
 
 
 # ------------------------------------------------------------------------------------------ DDIM
-def sample_ddim(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float = 0.0, cond=None,
-                generator: Optional[torch.Generator] = None, callback: Optional[Callable] = None) -> torch.Tensor:
+def sample_ddim(model, x: torch.Tensor, ts: Times, *, eta: float = 0.0, cond=None,
+                generator: Optional[torch.Generator] = None, callback: Optional[Callable] = None,
+                progress: bool = False) -> torch.Tensor:
     """DDIM (Song, Meng, Ermon 2021; monograph §9.3): x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z.
 
-    c = eta sigma_s sqrt(1 - exp(Lambda_t - Lambda_s)) (Lambda the full log-SNR) is the
+    c = eta sigma_s sqrt(1 - (sigma_bar_s / sigma_bar_t)^2) (= sqrt(1 - SNR_s^-1 SNR_t)) is the
     standard deviation of the DDPM posterior q(x_s | x_t, x0) times eta: eta = 1 is ancestral
     sampling, eta = 0 the deterministic sampler, which equals exponential Euler of (9.3),
     DPM-Solver-1 and Euler of the DDIM ODE (9.2) to float precision. ``generator`` drives z.
     """
-    tab, n = _setup(model, x, ts)
+    g, loop = _setup(model, x, ts, callback, progress, "DDIM")
     if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not (eta >= 0):
         raise ValueError(f"eta: expected a float >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta!r}")
-    for i in range(n):
-        p = _predict(model, x, tab.t[i], cond)
-        a_s, s_s = tab.a[i + 1], tab.s[i + 1]
-        c = eta * s_s * math.sqrt(max(0.0, -math.expm1(2 * (tab.lam[i] - tab.lam[i + 1])))) if s_s > 0 else 0.0
+    for i in loop:
+        p = _predict(model, x, g.t[i], cond)
+        a_s, s_s = g.alpha[i + 1], g.sigma[i + 1]
+        c = 0.0
+        if eta and s_s > 0:  # 1 - r^2 = (1 - r)(1 + r) with r = sigma_bar_s / sigma_bar_t = e^{lambda_t - lambda_s}
+            d = g.lam[i] - g.lam[i + 1]
+            c = eta * s_s * math.sqrt(max(0.0, -math.expm1(d) * (1 + math.exp(d))))
         x = _lin(a_s, p.x0, math.sqrt(max(s_s**2 - c**2, 0.0)), p.eps)
         if c > 0:
             x = x + c * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        _done(callback, i, tab.t[i + 1], x)
+        loop.report(i, g.t[i + 1], x, p)
     return x
 
 
 # ------------------------------------------------------------------------------------------ DPM-Solver
-def sample_dpm_solver(model, x: torch.Tensor, ts: torch.Tensor, *, order: int = 2, cond=None,
-                      callback: Optional[Callable] = None) -> torch.Tensor:
+def sample_dpm_solver(model, x: torch.Tensor, ts: Times, *, order: int = 2, cond=None,
+                      callback: Optional[Callable] = None, progress: bool = False) -> torch.Tensor:
     """Single-step DPM-Solver-1/2/3 (Lu et al. 2022, Algs. 1-2 with r1 = 1/2; r1, r2 = 1/3, 2/3; monograph §9.4).
 
     Exponential Runge-Kutta for (9.3): with h = lambda_s - lambda_t (half log-SNR),
@@ -353,33 +292,33 @@ def sample_dpm_solver(model, x: torch.Tensor, ts: torch.Tensor, *, order: int = 
     order 3:  two stages, the second using the first's difference, then phi_2-weighted correction.
     ``order`` evaluations per step; a step that lands on sigma = 0 is a midpoint step of (9.2).
     """
-    tab, n = _setup(model, x, ts)
     _check_order(order, (1, 2, 3))
-    _check_alpha_start(tab)
-    tab.prepare({1: (), 2: (0.5,), 3: (1 / 3, 2 / 3, 0.5)}[order])  # 0.5: the final midpoint step
-    for i in range(n):
-        a_t, lt = tab.a[i], tab.lam[i]
-        eps_t = _predict(model, x, tab.t[i], cond).eps
-        if tab.s[i + 1] == 0:
-            x = (_lin(tab.a[i + 1] / a_t, x, -tab.a[i + 1] * tab.s[i] / a_t, eps_t) if order == 1
-                 else _midpoint_to_data(model, x, tab, i, eps_t, cond))
-            _done(callback, i, tab.t[i + 1], x)
+    g, loop = _setup(model, x, ts, callback, progress, f"DPM-Solver-{order}", stages=order > 1)
+    _check_alpha_start(g)
+    for i in loop:
+        a_t, lt = g.alpha[i], g.lam[i]
+        p = _predict(model, x, g.t[i], cond)
+        eps_t = p.eps
+        if g.sigma[i + 1] == 0:
+            x = (_lin(g.alpha[i + 1] / a_t, x, -g.alpha[i + 1] * g.sigma[i] / a_t, eps_t) if order == 1
+                 else _midpoint_to_data(model, x, g, i, eps_t, cond))
+            loop.report(i, g.t[i + 1], x, p)
             continue
-        a_s, s_s, h = tab.a[i + 1], tab.s[i + 1], tab.lam[i + 1] - lt
+        a_s, s_s, h = g.alpha[i + 1], g.sigma[i + 1], g.lam[i + 1] - lt
         e1 = s_s * math.expm1(h)
         if order == 1:
             x = _lin(a_s / a_t, x, -e1, eps_t)
         elif order == 2:
             r1 = 0.5
-            t1, a1, s1 = tab.stage(i, r1)
+            t1, a1, s1 = g.stage(i, r1)
             u = _lin(a1 / a_t, x, -s1 * math.expm1(r1 * h), eps_t)
             eps_1 = _predict(model, u, t1, cond).eps
             c = e1 / (2 * r1)  # x_s = (a_s/a_t) x - e1 eps_t - c (eps_1 - eps_t)
             x = _lin(a_s / a_t, x, c - e1, eps_t, -c, eps_1)
         else:
             r1, r2 = 1 / 3, 2 / 3
-            t1, a1, s1 = tab.stage(i, r1)
-            t2, a2, s2 = tab.stage(i, r2)
+            t1, a1, s1 = g.stage(i, r1)
+            t2, a2, s2 = g.stage(i, r2)
             u1 = _lin(a1 / a_t, x, -s1 * math.expm1(r1 * h), eps_t)
             eps_1 = _predict(model, u1, t1, cond).eps
             c1 = s2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1)  # u2 = ... - c1 (eps_1 - eps_t)
@@ -387,63 +326,63 @@ def sample_dpm_solver(model, x: torch.Tensor, ts: torch.Tensor, *, order: int = 
             eps_2 = _predict(model, u2, t2, cond).eps
             c2 = s_s / r2 * (math.expm1(h) / h - 1)  # x_s = ... - c2 (eps_2 - eps_t)
             x = _lin(a_s / a_t, x, c2 - e1, eps_t, -c2, eps_2)
-        _done(callback, i, tab.t[i + 1], x)
+        loop.report(i, g.t[i + 1], x, p)
     return x
 
 
-def sample_dpm_solver_pp_2s(model, x: torch.Tensor, ts: torch.Tensor, *, cond=None,
-                            callback: Optional[Callable] = None) -> torch.Tensor:
+def sample_dpm_solver_pp_2s(model, x: torch.Tensor, ts: Times, *, cond=None,
+                            callback: Optional[Callable] = None, progress: bool = False) -> torch.Tensor:
     """DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1 with r = 1/2; monograph §9.4): exponential midpoint for the data form (9.4).
 
     u = (sigma_m/sigma_t) x_t + alpha_m (1 - e^{-h/2}) x0_t at lambda_m = lambda_t + h/2, then
     x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^{-h}) x0(u, m). 2 evaluations per step; a step
     that lands on sigma = 0 is a midpoint step of (9.2).
     """
-    tab, n = _setup(model, x, ts)
-    _check_alpha_start(tab)  # the midpoint in lambda of a step from lambda = -inf is undefined
-    for i in range(n):
-        p = _predict(model, x, tab.t[i], cond)
-        if tab.s[i + 1] == 0:
-            x = _done(callback, i, tab.t[i + 1], _midpoint_to_data(model, x, tab, i, p.eps, cond))
+    g, loop = _setup(model, x, ts, callback, progress, "DPM-Solver++(2S)", stages=True)
+    _check_alpha_start(g)  # the midpoint in lambda of a step from lambda = -inf is undefined
+    for i in loop:
+        p = _predict(model, x, g.t[i], cond)
+        if g.sigma[i + 1] == 0:
+            x = loop.report(i, g.t[i + 1], _midpoint_to_data(model, x, g, i, p.eps, cond), p)
             continue
-        s_t, h = tab.s[i], tab.lam[i + 1] - tab.lam[i]
-        tm, am, sm = tab.stage(i, 0.5)
+        s_t, h = g.sigma[i], g.lam[i + 1] - g.lam[i]
+        tm, am, sm = g.stage(i, 0.5)
         u = _lin(sm / s_t, x, -am * math.expm1(-0.5 * h), p.x0)
         d = _predict(model, u, tm, cond).x0
-        x = _done(callback, i, tab.t[i + 1], _lin(tab.s[i + 1] / s_t, x, -tab.a[i + 1] * math.expm1(-h), d))
+        x = loop.report(i, g.t[i + 1], _lin(g.sigma[i + 1] / s_t, x, -g.alpha[i + 1] * math.expm1(-h), d), p)
     return x
 
 
-def sample_dpm_solver_pp_2m(model, x: torch.Tensor, ts: torch.Tensor, *, cond=None,
-                            callback: Optional[Callable] = None) -> torch.Tensor:
+def sample_dpm_solver_pp_2m(model, x: torch.Tensor, ts: Times, *, cond=None,
+                            callback: Optional[Callable] = None, progress: bool = False) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2; monograph §9.4): exponential Adams-Bashforth-2 for (9.4).
 
     With r = h_prev / h, D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1} and
     x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^{-h}) D; the first step is DDIM. One evaluation per
     step; a step that lands on sigma = 0 is a second-order Adams-Bashforth step of (9.2).
     """
-    tab, n = _setup(model, x, ts)
+    g, loop = _setup(model, x, ts, callback, progress, "DPM-Solver++(2M)")
     prev, hist = None, []
-    for i in range(n):
-        p = _predict(model, x, tab.t[i], cond)
-        hist = [(tab.sb[i], p.eps)] + hist[:1]
-        if tab.s[i + 1] == 0:
-            x = _done(callback, i, tab.t[i + 1], _ab_sigma_bar_step(x, tab, i, hist, 2))
+    for i in loop:
+        p = _predict(model, x, g.t[i], cond)
+        hist = [(g.sigma_bar[i], p.eps)] + hist[:1]
+        if g.sigma[i + 1] == 0:
+            x = loop.report(i, g.t[i + 1], _ab_sigma_bar_step(x, g, i, hist, 2), p)
             continue
-        h = tab.lam[i + 1] - tab.lam[i]
-        c = -tab.a[i + 1] * math.expm1(-h)  # x_s = (sigma_s/sigma_t) x + c D
+        h = g.lam[i + 1] - g.lam[i]
+        c = -g.alpha[i + 1] * math.expm1(-h)  # x_s = (sigma_s/sigma_t) x + c D
         if prev is None:
-            x_new = _lin(tab.s[i + 1] / tab.s[i], x, c, p.x0)
+            x_new = _lin(g.sigma[i + 1] / g.sigma[i], x, c, p.x0)
         else:
-            k = 0.5 * h / (tab.lam[i] - tab.lam[i - 1])  # 1 / (2 r)
-            x_new = _lin(tab.s[i + 1] / tab.s[i], x, c * (1 + k), p.x0, -c * k, prev)
+            k = 0.5 * h / (g.lam[i] - g.lam[i - 1])  # 1 / (2 r)
+            x_new = _lin(g.sigma[i + 1] / g.sigma[i], x, c * (1 + k), p.x0, -c * k, prev)
         prev = p.x0
-        x = _done(callback, i, tab.t[i + 1], x_new)
+        x = loop.report(i, g.t[i + 1], x_new, p)
     return x
 
 
-def sample_dpm_solver_pp_3m(model, x: torch.Tensor, ts: torch.Tensor, *, cond=None,
-                            callback: Optional[Callable] = None) -> torch.Tensor:
+def sample_dpm_solver_pp_3m(model, x: torch.Tensor, ts: Times, *, cond=None,
+                            callback: Optional[Callable] = None, progress: bool = False) -> torch.Tensor:
     """DPM-Solver++(3M) as an exponential Adams-Bashforth-3 for (9.4) (Lu et al. 2022b; monograph §9.4).
 
     x0(lambda) along the trajectory is replaced by the quadratic through the last three
@@ -452,39 +391,39 @@ def sample_dpm_solver_pp_3m(model, x: torch.Tensor, ts: torch.Tensor, *, cond=No
     x_s = (sigma_s/sigma_t) x_t + alpha_s [ (1 - e^{-h}) x0_i + (h - 1 + e^{-h}) D1 + (h^2/2 - h + 1 - e^{-h}) D2 ].
     One evaluation per step; a step that lands on sigma = 0 is a third-order Adams-Bashforth step of (9.2).
     """
-    tab, n = _setup(model, x, ts)
+    g, loop = _setup(model, x, ts, callback, progress, "DPM-Solver++(3M)")
     hist, eps_hist = [], []
-    for i in range(n):
-        p = _predict(model, x, tab.t[i], cond)
-        hist = [(tab.lam[i], p.x0)] + hist[:2]
-        eps_hist = [(tab.sb[i], p.eps)] + eps_hist[:2]
-        if tab.s[i + 1] == 0:
-            x = _done(callback, i, tab.t[i + 1], _ab_sigma_bar_step(x, tab, i, eps_hist, 3))
+    for i in loop:
+        p = _predict(model, x, g.t[i], cond)
+        hist = [(g.lam[i], p.x0)] + hist[:2]
+        eps_hist = [(g.sigma_bar[i], p.eps)] + eps_hist[:2]
+        if g.sigma[i + 1] == 0:
+            x = loop.report(i, g.t[i + 1], _ab_sigma_bar_step(x, g, i, eps_hist, 3), p)
             continue
-        h = tab.lam[i + 1] - tab.lam[i]
+        h = g.lam[i + 1] - g.lam[i]
         em = math.expm1(-h)
         # Newton divided differences in lambda, expanded at lambda_i, written as weights on (x0_i, x0_{i-1}, x0_{i-2}):
         # d1 = (x0_1 - x0_0) / dl1, d2 = ((x0_2 - x0_0) / dl2 - d1) / (dl2 - dl1), D1 = d1 - d2 dl1, D2 = 2 d2
-        w = [-tab.a[i + 1] * em, 0.0, 0.0]
+        w = [-g.alpha[i + 1] * em, 0.0, 0.0]
         if len(hist) >= 2:
             dl1 = hist[1][0] - hist[0][0]
-            c1, c2 = tab.a[i + 1] * (h + em), tab.a[i + 1] * (0.5 * h * h - h - em)
+            c1, c2 = g.alpha[i + 1] * (h + em), g.alpha[i + 1] * (0.5 * h * h - h - em)
             d1 = [-1 / dl1, 1 / dl1, 0.0]
             D1, D2 = d1, [0.0, 0.0, 0.0]
             if len(hist) == 3:
                 dl2 = hist[2][0] - hist[0][0]
                 d2 = [(-1 / dl2 - d1[0]) / (dl2 - dl1), -d1[1] / (dl2 - dl1), (1 / dl2) / (dl2 - dl1)]
-                D1 = [a - b * dl1 for a, b in zip(d1, d2)]
-                D2 = [2 * b for b in d2]
-            w = [w0 + c1 * a + c2 * b for w0, a, b in zip(w, D1, D2)]
+                D1 = [u - v * dl1 for u, v in zip(d1, d2)]
+                D2 = [2 * v for v in d2]
+            w = [w0 + c1 * u + c2 * v for w0, u, v in zip(w, D1, D2)]
         terms = [c for wj, (_, x0j) in zip(w, hist) for c in (wj, x0j)]
-        x = _done(callback, i, tab.t[i + 1], _lin(tab.s[i + 1] / tab.s[i], x, *terms))
+        x = loop.report(i, g.t[i + 1], _lin(g.sigma[i + 1] / g.sigma[i], x, *terms), p)
     return x
 
 
 # ------------------------------------------------------------------------------------------ DEIS
-def sample_deis(model, x: torch.Tensor, ts: torch.Tensor, *, order: int = 3, variable: str = "lambda", cond=None,
-                callback: Optional[Callable] = None) -> torch.Tensor:
+def sample_deis(model, x: torch.Tensor, ts: Times, *, order: int = 3, variable: str = "lambda", cond=None,
+                callback: Optional[Callable] = None, progress: bool = False) -> torch.Tensor:
     """DEIS (Zhang & Chen 2023; monograph §9.4): Adams-Bashforth for the noise form of the PF-ODE.
 
     Both variants replace eps along the trajectory by the polynomial through the last ``order``
@@ -510,22 +449,22 @@ def sample_deis(model, x: torch.Tensor, ts: torch.Tensor, *, order: int = 3, var
 
     One evaluation per step. Needs alpha_t > 0 on the grid.
     """
-    tab, n = _setup(model, x, ts)
+    g, loop = _setup(model, x, ts, callback, progress, f"DEIS-{order}")
     _check_order(order, (1, 2, 3))
     if variable not in ("rho", "lambda"):
         raise ValueError(f"variable: expected 'rho' (polynomial in sigma_bar) or 'lambda' (in the half log-SNR), got {variable!r}")
-    _check_alpha_start(tab)
+    _check_alpha_start(g)
     hist, eps_hist = [], []
-    for i in range(n):
-        eps = _predict(model, x, tab.t[i], cond).eps
-        hist = [(tab.lam[i], eps)] + hist[: order - 1]
-        eps_hist = [(tab.sb[i], eps)] + eps_hist[: order - 1]
-        if variable == "rho" or tab.s[i + 1] == 0:
-            x = _done(callback, i, tab.t[i + 1], _ab_sigma_bar_step(x, tab, i, eps_hist, order))
+    for i in loop:
+        p = _predict(model, x, g.t[i], cond)
+        hist = [(g.lam[i], p.eps)] + hist[: order - 1]
+        eps_hist = [(g.sigma_bar[i], p.eps)] + eps_hist[: order - 1]
+        if variable == "rho" or g.sigma[i + 1] == 0:
+            x = loop.report(i, g.t[i + 1], _ab_sigma_bar_step(x, g, i, eps_hist, order), p)
             continue
-        w = _lagrange_integrals([lam for lam, _ in hist], tab.lam[i], tab.lam[i + 1], exp_weight=True)
-        terms = [c for wj, (_, e) in zip(w, hist) for c in (-tab.a[i + 1] * wj, e)]
-        x = _done(callback, i, tab.t[i + 1], _lin(tab.a[i + 1] / tab.a[i], x, *terms))
+        w = _lagrange_integrals([lam for lam, _ in hist], g.lam[i], g.lam[i + 1], exp_weight=True)
+        terms = [c for wj, (_, e) in zip(w, hist) for c in (-g.alpha[i + 1] * wj, e)]
+        x = loop.report(i, g.t[i + 1], _lin(g.alpha[i + 1] / g.alpha[i], x, *terms), p)
     return x
 
 
@@ -543,27 +482,30 @@ def solve_pf_ode_reference(model, x: torch.Tensor, t_start: float = 1.0, t_end: 
     """
     from scipy.integrate import solve_ivp
 
-    tab, _ = _setup(model, x, torch.tensor([float(t_start), float(t_end)], dtype=torch.float64))
+    check_model(model)
+    check_data(x, "x")
+    sch = model.schedule
+    g = Grid(sch, torch.tensor([float(t_start), float(t_end)], dtype=torch.float64))
     if variable not in ("auto", "sigma_bar", "t"):
         raise ValueError(f"variable: expected 'auto', 'sigma_bar' or 't', got {variable!r}")
     for name, v in (("rtol", rtol), ("atol", atol)):
         if not isinstance(v, (int, float)) or not v > 0:
             raise ValueError(f"{name}: expected a positive tolerance, got {v!r}")
     if variable == "auto":
-        variable = "sigma_bar" if math.isfinite(tab.sb[0]) else "t"
-    sch, shape, dev, dt = model.schedule, x.shape, x.device, x.dtype
+        variable = "sigma_bar" if math.isfinite(g.sigma_bar[0]) else "t"
+    shape, dev, dt = x.shape, x.device, x.dtype
 
     def to_x(y):
         return torch.as_tensor(y, dtype=dt, device=dev).reshape(shape)
 
     if variable == "sigma_bar":
         def fun(sb, y):
-            t, a = tab.at_sigma_bar(max(float(sb), 0.0))
-            return _predict(model, a * to_x(y), t, cond).eps.reshape(-1).double().cpu().numpy()
+            t = sch.t_from_sigma_bar(torch.tensor(max(float(sb), 0.0), dtype=torch.float64))
+            return _predict(model, float(sch.alpha(t)) * to_x(y), float(t), cond).eps.reshape(-1).double().cpu().numpy()
 
-        sol = solve_ivp(fun, (tab.sb[0], tab.sb[1]), (x / tab.a[0]).reshape(-1).double().cpu().numpy(),
+        sol = solve_ivp(fun, (g.sigma_bar[0], g.sigma_bar[1]), (x / g.alpha[0]).reshape(-1).double().cpu().numpy(),
                         method=method, rtol=rtol, atol=atol)
-        out = tab.a[1] * to_x(sol.y[:, -1])
+        out = g.alpha[1] * to_x(sol.y[:, -1])
     else:
         def fun(t, y):
             tt = torch.tensor(float(t), dtype=torch.float64)
@@ -577,20 +519,6 @@ def solve_pf_ode_reference(model, x: torch.Tensor, t_start: float = 1.0, t_end: 
     if not sol.success:
         raise RuntimeError(f"solve_pf_ode_reference: scipy {method} failed: {sol.message}")
     return out
-
-
-def trajectory(sampler: Callable, model, x: torch.Tensor, ts: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Run ``sampler(model, x, ts, **kwargs)`` and return every state, shape (len(ts), B, ...) (for plots)."""
-    states = [x]
-    user_cb = kwargs.pop("callback", None)
-
-    def cb(i, t, xi):
-        states.append(xi)
-        if user_cb is not None:
-            user_cb(i, t, xi)
-
-    sampler(model, x, ts, callback=cb, **kwargs)
-    return torch.stack(states)
 
 
 #: name -> (sampler, keyword arguments): the deterministic solvers of Table 9.1, for loops and benchmarks.

@@ -22,6 +22,7 @@ import torch
 from diffedu._checks import check_data, check_model, check_positive
 from diffedu.sde import diffusion_sq, drift_coef
 from .grids import check_grid
+from .record import StepLoop
 
 __all__ = ["reverse_sde_step", "langevin_corrector_step", "sample_euler_maruyama", "sample_pc"]
 
@@ -71,15 +72,6 @@ def langevin_corrector_step(model, x: torch.Tensor, t: float, *, snr: float = 0.
     return x + delta * score + torch.sqrt(2 * delta) * z
 
 
-def _loop(ts, progress, desc):
-    steps = range(len(ts) - 1)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc=desc, leave=False)
-    return steps
-
-
 def sample_euler_maruyama(model, x: torch.Tensor, ts, *, cond=None, generator: Optional[torch.Generator] = None,
                           denoise: bool = False, callback: Optional[Callable] = None, progress: bool = False) -> torch.Tensor:
     """Euler-Maruyama for the reverse-time SDE along the decreasing grid ``ts`` (monograph §4.2; Song et al. 2021).
@@ -87,7 +79,10 @@ def sample_euler_maruyama(model, x: torch.Tensor, ts, *, cond=None, generator: O
     ``x`` is the starting sample at ts[0] (e.g. N(0, sigma_1^2 I) for VP/VE at t = 1). Every step
     adds noise; the returned x is then a draw of p_{ts[-1]} up to discretisation error. With
     ``denoise=True`` the final x is replaced by the model's E[x0 | x] at ts[-1] (Tweedie,
-    monograph §3.3), the usual last "denoising step". ``callback(i, x_s, prediction)`` after each step.
+    monograph §3.3), the usual last "denoising step", reported to the callback as one more step at
+    t = 0. ``callback(step)`` after each step i sees a :class:`~diffedu.samplers.record.Step` with
+    ``t = ts[i + 1]``, the new state ``x`` and the ``prediction`` at (x_{ts[i]}, ts[i]) (after the
+    corrector, for :func:`sample_pc`); ``progress=True`` shows a tqdm bar.
     """
     return _reverse_sde_loop(model, x, ts, 0, 0.0, cond, generator, denoise, callback, progress, "reverse SDE")
 
@@ -113,12 +108,13 @@ def _reverse_sde_loop(model, x, ts, n_corrector, snr, cond, generator, denoise, 
     check_data(x, "x")
     check_model(model)
     ts = check_grid(ts)
-    for i in _loop(ts, progress, desc):
+    loop, times = StepLoop(len(ts) - 1, callback, progress, desc), ts.tolist()
+    for i in loop:
         for _ in range(n_corrector):
-            x = langevin_corrector_step(model, x, float(ts[i]), snr=snr, cond=cond, generator=generator)
-        x, pred = reverse_sde_step(model, x, float(ts[i]), float(ts[i + 1]), cond=cond, generator=generator)
-        if callback is not None:
-            callback(i, x, pred)
-    if denoise:
-        x = model(x, _times(ts[-1], x), cond).x0
+            x = langevin_corrector_step(model, x, times[i], snr=snr, cond=cond, generator=generator)
+        x, pred = reverse_sde_step(model, x, times[i], times[i + 1], cond=cond, generator=generator)
+        loop.report(i, times[i + 1], x, pred)
+    if denoise:  # Tweedie's E[x0 | x] at ts[-1]: one more step, to t = 0
+        pred = model(x, _times(times[-1], x), cond)
+        x = loop.report(len(times) - 1, 0.0, pred.x0, pred)
     return x

@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from diffedu import schedules as S, toy
-from diffedu.objectives.edm import (EDMDenoiser, edm_preconditioning, edm_time_density, edm_time_sampler, edm_weight,
-                         sigma_bar)
+from diffedu.objectives.edm import EDMDenoiser, edm_preconditioning, edm_time_density, edm_time_sampler, edm_weight
 from diffedu.objectives.denoising import denoising_loss
 
 SD = 0.5
@@ -47,14 +46,14 @@ def test_zero_net_is_the_exact_denoiser_of_gaussian_data(sch):
 def test_weight_times_c_out_squared_is_one():
     sch = S.EDM()
     t = torch.linspace(0.01, 1, 20, dtype=torch.float64)
-    c = edm_preconditioning(sigma_bar(sch, t), SD)
+    c = edm_preconditioning(sch.sigma_bar(t), SD)
     torch.testing.assert_close(edm_weight(sch, SD)(t) * c.c_out**2, torch.ones_like(t))
 
 
 def test_time_sampler_is_log_normal_in_sigma():
     sch = S.EDM(sigma_max=80.0)
     t = edm_time_sampler(sch)(40000, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    log_s = torch.log(sigma_bar(sch, t))
+    log_s = torch.log(sch.sigma_bar(t))
     assert abs(log_s.mean() + 1.2) < 0.03 and abs(log_s.std() - 1.2) < 0.03
 
 

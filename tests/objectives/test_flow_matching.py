@@ -1,4 +1,6 @@
 """Flow matching: conditional vs marginal velocity, path changes, straightness, Reflow (monograph §5.3-5.4, §6.4)."""
+import functools
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from diffedu.objectives.flow_matching import (PATHS, PathChange, conditional_fm_
                                    match_time, reflow_pairs, straightness)
 from diffedu.nets import MLP
 from diffedu.param import Denoiser
-from diffedu.samplers.ode import solve_pf_ode_reference
+from diffedu.samplers import grid_uniform, sample_heun_t, solve_pf_ode_reference
 
 MIX = toy.eight_gaussians(radius=2.0, std=0.3)
 
@@ -118,10 +120,22 @@ def test_reflow_pairs_follow_the_ode():
     sch = S.RectifiedFlow()
     model = MIX.denoiser(sch)
     x1 = torch.randn(20, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    pairs = reflow_pairs(model, x1, n_steps=64)
+    pairs = reflow_pairs(model, x1, functools.partial(sample_heun_t, ts=grid_uniform(64)))
     ref = solve_pf_ode_reference(model, x1, 1.0, 0.0, rtol=1e-8, atol=1e-8)
     assert (pairs.x0 - ref).abs().max() < 2e-2
     assert pairs.x1 is not None and torch.equal(pairs.x1, x1)
+    # any solve(model, x1) -> x0 will do; cond is passed on only when given
+    seen = {}
+
+    def solve(m, x, cond=None):
+        seen["cond"] = cond
+        return sample_heun_t(m, x, grid_uniform(64))
+
+    assert torch.equal(reflow_pairs(model, x1, solve).x0, pairs.x0) and seen["cond"] is None
+    with pytest.raises(TypeError, match="sampler"):
+        reflow_pairs(model, x1, 64)  # the old n_steps argument: the sampler is now required
+    with pytest.raises(ValueError, match="sampler output"):
+        reflow_pairs(model, x1, lambda m, x: x[:3])
 
 
 def test_bad_inputs_raise():

@@ -88,7 +88,7 @@ def test_image_shapes_and_callback():
     model = Denoiser(_Zero(), VPLinear(), "eps")
     seen = []
     x = sample_ancestral(model, torch.randn(3, 1, 4, 4), torch.linspace(1, 0, 6, dtype=torch.float64),
-                         callback=lambda i, x, p: seen.append(i), generator=torch.Generator().manual_seed(0))
+                         callback=lambda step: seen.append(step.i), generator=torch.Generator().manual_seed(0))
     assert x.shape == (3, 1, 4, 4) and seen == [0, 1, 2, 3, 4]
 
 

@@ -1,4 +1,5 @@
 """Deterministic PF-ODE solvers (diffedu.samplers.ode, grids) against closed forms and the exact ODE solution (monograph §9)."""
+import dataclasses
 import math
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 from diffedu import schedules, toy
 from diffedu.param import Prediction
 from diffedu.samplers import ode
-from diffedu.samplers.grids import grid_ddpm, grid_karras, grid_log_snr, grid_power, grid_uniform, sigma_bar_to_t
+from diffedu.samplers.grids import Grid, grid_ddpm, grid_karras, grid_log_snr, grid_power, grid_uniform
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,7 +58,7 @@ def test_ddim_equals_dpm_solver_1_and_exponential_euler():
     x = x1
     for t, s in zip(ts[:-1], ts[1:]):
         eps = model(x, t.expand(len(x))).eps
-        h = (sch.log_snr(s) - sch.log_snr(t)) / 2
+        h = sch.half_log_snr(s) - sch.half_log_snr(t)
         x = sch.alpha(s) / sch.alpha(t) * x - sch.sigma(s) * torch.expm1(h) * eps
     for y in (b, c, x):
         assert (a - y).abs().max() < 1e-12
@@ -220,24 +221,51 @@ def test_image_shapes_and_float32(name):
     assert torch.allclose(a.reshape(5, 4), b, atol=1e-5)
 
 
-def test_trajectory_and_callback():
+@pytest.mark.parametrize("name", sorted(ode.SOLVERS) + ["heun_t"])
+def test_every_solver_reports_one_step_record(name):
+    # callback(step) after every step: step.i, step.t = ts[i + 1], step.x the state there, step.prediction at
+    # (x_i, ts[i]); trajectory() stacks the states and ends at the solver's answer
+    from diffedu.samplers import Step, trajectory
+
+    fn, kw = ode.SOLVERS[name] if name != "heun_t" else (ode.sample_heun_t, {})
     model, sch, x1 = _problem()
-    ts = grid_uniform(5)
-    traj = ode.trajectory(ode.sample_dpm_solver_pp_2m, model, x1, ts)
-    assert traj.shape == (6, *x1.shape)
-    assert torch.equal(traj[0], x1)
-    assert torch.equal(traj[-1], ode.sample_dpm_solver_pp_2m(model, x1, ts))
+    ts = grid_power(5, 2.0, 0.99)
+    seen = []
+    out = fn(model, x1, ts, callback=seen.append, **kw)
+    assert all(isinstance(s, Step) for s in seen) and [s.i for s in seen] == list(range(5))
+    assert [s.t for s in seen] == ts[1:].tolist() and torch.equal(seen[-1].x, out)
+    states = [x1] + [s.x for s in seen]
+    for s, x_before in zip(seen, states):
+        assert isinstance(s.prediction, Prediction) and torch.equal(s.prediction.x_t, x_before)
+        assert torch.all(s.prediction.t == ts[s.i].to(x1.dtype))
+    traj = trajectory(fn, model, x1, ts, **kw)
+    assert traj.shape == (6, *x1.shape) and torch.equal(traj[0], x1) and torch.equal(traj[-1], out)
+    assert torch.equal(ode.trajectory(fn, model, x1, Grid(sch, ts), **kw), traj)  # ode.trajectory is the same function
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        seen[0].i = 3
+
+
+def test_callback_and_progress_are_checked():
+    model, sch, x1 = _problem()
+    ts = grid_uniform(3)
+    with pytest.raises(TypeError, match="callback"):
+        ode.sample_heun(model, x1, ts, callback=3)
+    with pytest.raises(TypeError, match="callback: expected callback\\(step\\)"):
+        ode.sample_ddim(model, x1, ts, callback=lambda i, t, x: None)  # the old (i, t, x) form
+    with pytest.raises(TypeError, match="progress"):
+        ode.sample_euler(model, x1, ts, progress="yes")
+    assert torch.equal(ode.sample_dpm_solver(model, x1, ts, progress=True), ode.sample_dpm_solver(model, x1, ts))
 
 
 def test_grids():
     sch = schedules.DiscreteSchedule.linear()
     g = grid_log_snr(sch, 10, 1.0, 1e-3)
-    lam = sch.log_snr(g) / 2
+    lam = sch.half_log_snr(g)
     assert torch.allclose(lam[1:] - lam[:-1], (lam[1] - lam[0]).expand(10), atol=1e-9)
     k = grid_karras(sch, 8, rho=7.0)
-    sb = (sch.sigma(k) / sch.alpha(k)) ** (1 / 7)
+    sb = sch.sigma_bar(k) ** (1 / 7)
     assert k[-1] == 0 and torch.allclose(sb[1:] - sb[:-1], (sb[1] - sb[0]).expand(8), atol=1e-9)
-    assert torch.allclose(sigma_bar_to_t(sch, sch.sigma(k) / sch.alpha(k)), k, atol=1e-12)
+    assert torch.allclose(sch.t_from_sigma_bar(sch.sigma_bar(k)), k, atol=1e-12)
     tr = grid_ddpm(sch, 10, "trailing")
     assert tr[0] == 1.0 and tr[-1] == 0.0 and torch.allclose(tr[:-1], torch.arange(10, 0, -1, dtype=torch.float64) / 10)
     le = grid_ddpm(sch, 10, "leading")
@@ -328,19 +356,60 @@ def test_ch09_references_match_the_package():
     assert torch.allclose(mine, ode.sample_dpm_solver_pp_2m(model, x, ts[:3]), atol=1e-12)
 
 
-def test_grid_tables_are_cached_per_schedule_object_and_grid():
-    # the (alpha, sigma, lambda, stages) table of a grid is cached: same schedule object + same grid values -> reused
-    sch_a, sch_b = schedules.VPLinear(), schedules.VPLinear(beta_max=10.0)
-    ts = grid_power(9, 2.0)
-    assert ode._table(sch_a, ts) is ode._table(sch_a, ts.clone())
-    assert ode._table(sch_b, ts) is not ode._table(sch_a, ts)
-    assert ode._table(sch_a, grid_power(9, 1.5)) is not ode._table(sch_a, ts)
-    # and a cached run gives exactly the uncached answer, for a schedule the cache has not seen before
+def test_a_grid_is_built_once_and_reused_bit_for_bit():
+    # a Grid holds the grid's schedule table (alpha, sigma, lambda, sigma_bar, stages); passing it in place of ts
+    # gives exactly the answer of the plain ts, for every solver, and it cannot be changed after construction
     mix = toy.eight_gaussians()
     x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    fresh = schedules.VPLinear(beta_max=15.0)
-    first = ode.sample_dpm_solver(mix.denoiser(fresh), x, ts, order=3)
-    again = ode.sample_dpm_solver(mix.denoiser(fresh), x, ts, order=3)
-    assert torch.equal(first, again)
-    other = ode.sample_dpm_solver(mix.denoiser(schedules.VPLinear(beta_max=16.0)), x, ts, order=3)
-    assert not torch.allclose(first, other)
+    sch = schedules.VPLinear(beta_max=15.0)
+    model, ts = mix.denoiser(sch), grid_power(9, 2.0)
+    grid = Grid(sch, ts)
+    for name, (fn, kw) in ode.SOLVERS.items():
+        assert torch.equal(fn(model, x, grid, **kw), fn(model, x, ts, **kw)), name
+        assert torch.equal(fn(model, x[:4], grid, **kw), fn(model, x[:4], ts, **kw)), name  # a second batch
+    # the table is the schedule's own methods at the grid times
+    assert grid.t == tuple(ts.tolist()) and grid.n_steps == 9
+    assert grid.lam == tuple(sch.half_log_snr(ts).tolist()) and grid.sigma_bar == tuple(sch.sigma_bar(ts).tolist())
+    assert grid.alpha == tuple(sch.alpha(ts).tolist()) and grid.sigma == tuple(sch.sigma(ts).tolist())
+    # a stage of a single-step solver sits at lambda_i + r h (the last step: the sigma_bar midpoint)
+    t1, a1, s1 = grid.stage(3, 1 / 3)
+    assert math.isclose(float(sch.half_log_snr(torch.tensor(t1, dtype=torch.float64))),
+                        grid.lam[3] + (grid.lam[4] - grid.lam[3]) / 3, rel_tol=1e-12)
+    assert math.isclose(a1, float(sch.alpha(torch.tensor(t1, dtype=torch.float64))), rel_tol=1e-12)
+    assert grid.sigma[9] == 0
+    for r in (1 / 3, 0.5, 2 / 3):
+        t_m = torch.tensor(grid.stage(8, r)[0], dtype=torch.float64)
+        assert math.isclose(float(sch.sigma_bar(t_m)), grid.sigma_bar[8] / 2, rel_tol=1e-10)
+    with pytest.raises(AttributeError, match="immutable"):
+        grid.alpha = (1.0,)
+    ts[3] = 0.5  # the Grid owns a copy of its times
+    assert grid.ts[3] != 0.5
+    with pytest.raises(ValueError, match="r"):
+        grid.stage(0, 0.25)
+
+
+def test_grid_checks_its_schedule_and_its_stages():
+    mix = toy.eight_gaussians()
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ts = grid_uniform(6)
+    grid = Grid(schedules.VPLinear(), ts)
+    # an equal schedule (say, a deep copy inside an EMA model) is accepted; another one is not
+    same = ode.sample_dpm_solver_pp_2m(mix.denoiser(schedules.VPLinear()), x, grid)
+    assert torch.equal(same, ode.sample_dpm_solver_pp_2m(mix.denoiser(schedules.VPLinear()), x, ts))
+    with pytest.raises(ValueError, match="ts: this Grid was built for"):
+        ode.sample_euler(mix.denoiser(schedules.VPLinear(beta_max=10.0)), x, grid)
+    disc = schedules.DiscreteSchedule.linear()
+    with pytest.raises(ValueError, match="ts: this Grid was built for"):
+        ode.sample_euler(mix.denoiser(schedules.DiscreteSchedule.cosine()), x, Grid(disc, ts))
+    # a Grid without stages serves the multistep solvers, and the single-step ones say what they miss
+    lean = Grid(disc, ts, stages=False)
+    model = mix.denoiser(disc)
+    assert torch.equal(ode.sample_dpm_solver_pp_3m(model, x, lean), ode.sample_dpm_solver_pp_3m(model, x, ts))
+    for fn, kw in ((ode.sample_dpm_solver, {"order": 2}), (ode.sample_dpm_solver_pp_2s, {})):
+        with pytest.raises(ValueError, match="stages=False"):
+            fn(model, x, lean, **kw)
+    assert torch.equal(ode.sample_dpm_solver(model, x, lean, order=1), ode.sample_dpm_solver(model, x, ts, order=1))
+    # the other samplers take a Grid as their time grid too
+    from diffedu.samplers import sample_ancestral
+    g0, g1 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    assert torch.equal(sample_ancestral(model, x, lean, generator=g0), sample_ancestral(model, x, ts, generator=g1))
