@@ -7,9 +7,14 @@ calls the chapter's checker, e.g. ``ch01.check_gaussian_log_density(gaussian_log
 
 * :mod:`diffedu.exercises.core` — the checker machinery (diagnoses sign, scale, shape, NaN...);
 * :mod:`diffedu.exercises.ch01` ... — one module of checkers per chapter;
-* ``python -m diffedu.exercises student chapters/ -o student/`` — student notebooks;
-* ``python -m diffedu.exercises grade NOTEBOOK.ipynb`` — per-exercise scores as JSON.
+* :mod:`diffedu.exercises.assignments` — exercises, points, nbgrader metadata, disabled functions;
+* :mod:`diffedu.exercises.release` — ``python -m diffedu.exercises release ch03 -o release/``;
+* :mod:`diffedu.exercises.grading` and :mod:`diffedu.exercises.sandbox` — grading a class in
+  isolated, limited processes: ``python -m diffedu.exercises grade submissions/ -o gradebook/``;
+* ``python -m diffedu.exercises student chapters/ -o student/`` — student notebooks.
 """
 from .core import Case, CheckResult, ExerciseFailed, check, diagnose
+from .grading import Grader, grade_batch
+from .sandbox import Limits, Sandbox
 
-__all__ = ["Case", "CheckResult", "ExerciseFailed", "check", "diagnose"]
+__all__ = ["Case", "CheckResult", "ExerciseFailed", "check", "diagnose", "Grader", "grade_batch", "Limits", "Sandbox"]

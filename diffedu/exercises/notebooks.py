@@ -2,10 +2,14 @@
 
 * :func:`make_student_notebook` replaces the code between ``# BEGIN SOLUTION`` and
   ``# END SOLUTION`` in cells tagged ``solution`` with ``raise NotImplementedError(...)``,
-  keeps the checker cells, and strips every output and execution count.
-* :func:`grade_notebook` executes a filled-in notebook offline (nbclient, the current Python's
-  kernel, errors tolerated so one wrong exercise does not stop the rest) and reads the verdict
-  of every cell tagged ``check``.
+  keeps the checker cells, strips every output and execution count, and writes the diffedu and
+  nbgrader metadata of :func:`diffedu.exercises.assignments.annotate` (cell roles, exercise ids,
+  points, nbgrader grade ids): the cell metadata nbgrader itself writes into an assignment.
+* :func:`grade_notebook` executes a notebook offline with nbclient (the current Python's kernel,
+  errors tolerated so one wrong exercise does not stop the rest) and reads the verdict of every
+  cell tagged ``check``. It runs the notebook **unsandboxed**, as the book's own tests do: grade
+  students' submissions with :mod:`diffedu.exercises.grading` (``python -m diffedu.exercises
+  grade``), which isolates them.
 
 Both are reached from the command line: ``python -m diffedu.exercises student|grade ...``.
 """
@@ -17,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
+from .assignments import annotate
 from .core import METADATA_KEY, result_from_output
 
 __all__ = ["BEGIN", "END", "SOLUTION_TAG", "CHECK_TAG", "strip_solution", "make_student_notebook",
@@ -76,9 +81,12 @@ def _exercise_id_near(nb, index: int) -> str:
     return ""
 
 
-def make_student_notebook(nb):
-    """A student copy of a chapter notebook (``nbformat.NotebookNode`` in, new one out)."""
-    nb = copy.deepcopy(nb)
+def make_student_notebook(nb, points=None):
+    """A student copy of a chapter notebook (``nbformat.NotebookNode`` in, new one out).
+
+    ``points`` overrides the points of :data:`diffedu.exercises.assignments.POINTS` per exercise id.
+    """
+    nb = annotate(copy.deepcopy(nb), points)
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -104,7 +112,7 @@ def _notebooks(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def write_student_notebooks(paths: Iterable[Path], out_dir: Path) -> list[Path]:
+def write_student_notebooks(paths: Iterable[Path], out_dir: Path, points=None) -> list[Path]:
     """Write student versions of the given notebooks (or of every notebook in given folders)."""
     import nbformat
 
@@ -116,7 +124,7 @@ def write_student_notebooks(paths: Iterable[Path], out_dir: Path) -> list[Path]:
         if not any(SOLUTION_TAG in _tags(c) for c in nb.cells if c.cell_type == "code"):
             continue
         target = out_dir / path.name
-        nbformat.write(make_student_notebook(nb), target)
+        nbformat.write(make_student_notebook(nb, points), target)
         written.append(target)
     return written
 
@@ -184,6 +192,7 @@ def _kernel_name(nb) -> str:
 
 
 def dumps(report: dict) -> str:
+    """A report as indented JSON."""
     return json.dumps(report, indent=2)
 
 

@@ -163,23 +163,49 @@ def test_student_notebook_has_stubs_and_no_outputs(path, student_dir):
             assert after.source == before.source  # everything else, checks included, is kept
 
 
-@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
-def test_grader_full_marks_for_solutions_zero_for_stubs(path, student_dir, tmp_path):
+def test_unsandboxed_grade_notebook_full_marks_for_solutions_zero_for_stubs(student_dir, tmp_path):
+    """grade_notebook (nbclient, no sandbox: for trusted notebooks such as the book's) on Chapter 1."""
+    path = next(p for p in CHAPTERS if p.name.startswith("ch01"))
     solution = _exercise_subset(nbformat.read(path, as_version=4))
     stub = _exercise_subset(nbformat.read(student_dir / path.name, as_version=4))
     n_checks = len(exercise_cells(solution))
-    assert n_checks >= 3, f"{path.name}: a chapter needs at least 3 exercises with checkers"
     for name, nb in (("solution", solution), ("stub", stub)):
         nbformat.write(nb, tmp_path / f"{name}.ipynb")
-
     good = grade_notebook(tmp_path / "solution.ipynb", timeout=300)
     assert good["total"] == n_checks and good["passed"] == n_checks and good["score"] == 1.0, good
-
     bad = grade_notebook(tmp_path / "stub.ipynb", timeout=300)
     assert bad["total"] == n_checks and bad["passed"] == 0 and bad["score"] == 0.0, bad
-    for ex in bad["exercises"]:  # every checker fails on the generated stubs, saying why
-        assert not ex["passed"] and "not attempted yet" in ex["message"], ex
-    assert [e["exercise"] for e in bad["exercises"]] == [e["exercise"] for e in good["exercises"]]
+    assert all("not attempted yet" in ex["message"] for ex in bad["exercises"])
+
+
+@pytest.fixture(scope="module")
+def sandboxed_chapters(student_dir, tmp_path_factory):
+    """Every chapter's solutions and stubs graded in the sandbox, in one batch (two workers)."""
+    from diffedu.exercises.assignments import annotate
+    from diffedu.exercises.grading import Grader, grade_batch
+    from diffedu.exercises.sandbox import Limits
+
+    folder = tmp_path_factory.mktemp("graded_chapters")
+    for path in CHAPTERS:  # annotate: the chapter's own cells are skipped, as in a student notebook
+        nbformat.write(annotate(nbformat.read(path, as_version=4)), folder / f"{path.stem}__solution.ipynb")
+        (folder / f"{path.stem}__stub.ipynb").write_bytes((student_dir / path.name).read_bytes())
+    with Grader(limits=Limits(cell_timeout=120, notebook_timeout=300, memory_mb=3072)) as grader:
+        book = grade_batch(folder, folder / "gradebook", workers=2, grader=grader, cache=False)
+    return {r.student: r for r in book["results"]}
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_grader_full_marks_for_solutions_zero_for_stubs(path, sandboxed_chapters):
+    n_checks = len(exercise_cells(nbformat.read(path, as_version=4)))
+    assert n_checks >= 3, f"{path.name}: a chapter needs at least 3 exercises with checkers"
+    good, bad = sandboxed_chapters[f"{path.stem}__solution"], sandboxed_chapters[f"{path.stem}__stub"]
+    assert good.status == "ok" and len(good.exercises) == n_checks, (good.status, good.detail)
+    assert all(e.passed for e in good.exercises) and good.points == good.max_points > 0, \
+        [e.message for e in good.exercises if not e.passed]
+    assert bad.status == "not_attempted" and bad.points == 0 and len(bad.exercises) == n_checks, bad.detail
+    for ex in bad.exercises:  # every checker fails on the generated stubs, saying why
+        assert not ex.passed and "not attempted yet" in ex.message, ex
+    assert [e.exercise for e in bad.exercises] == [e.exercise for e in good.exercises]
 
 
 def test_grade_cli_reports_a_wrong_answer(tmp_path):
