@@ -17,6 +17,7 @@ work too). A *coupling* (plan) P >= 0 has row sums a and column sums b.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -69,7 +70,7 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def uniform_weights(n: int, like: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The uniform probability vector (1/n, ..., 1/n), float64, on ``like``'s device."""
+    """The uniform weights a = (1/n, ..., 1/n) of an empirical measure (monograph §7.2), float64, on ``like``'s device."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: expected a positive int, got {n!r}")
     return torch.full((n,), 1.0 / n, dtype=torch.float64, device=None if like is None else like.device)
@@ -116,12 +117,13 @@ def exact_ot(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tensor] = None,
 
 
 def entropic_ot(x: torch.Tensor, y: torch.Tensor, eps: float, a: Optional[torch.Tensor] = None,
-                b: Optional[torch.Tensor] = None, *, tol: float = 1e-9, max_iter: int = 100_000) -> OTResult:
+                b: Optional[torch.Tensor] = None, *, tol: float = 1e-9, max_iter: int = 20_000) -> OTResult:
     """The entropic OT plan argmin_P <P, C> + eps KL(P | a b^T) and its cost <P, C>, by POT's ``ot.sinkhorn`` (monograph §7.3).
 
     ``eps`` > 0 is in the units of the cost (squared distance). The kernel form of Sinkhorn is
-    used when exp(-C/eps) does not underflow, the log-domain form otherwise. Raises if POT has
-    not converged to ``tol`` (marginal error) within ``max_iter`` iterations.
+    used when exp(-C/eps) does not underflow, the log-domain form otherwise. POT stops at marginal
+    error ``tol`` or after ``max_iter`` iterations; this raises only if the plan is then clearly
+    wrong (non-finite, or marginal error above 1e-4: eps too small for the iteration budget).
     """
     import ot
 
@@ -129,12 +131,12 @@ def entropic_ot(x: torch.Tensor, y: torch.Tensor, eps: float, a: Optional[torch.
     C = cost_matrix(x, y)
     a, b = _weights(a, C.shape[0], "a", C), _weights(b, C.shape[1], "b", C)
     method = "sinkhorn" if float(C.max()) / eps < 200 else "sinkhorn_log"
-    P, log = ot.sinkhorn(_np(a), _np(b), _np(C), eps, method=method, stopThr=tol, numItermax=max_iter,
-                         warn=False, log=True)
-    if not np.all(np.isfinite(P)) or log["err"][-1] > 10 * tol:
-        raise RuntimeError(f"entropic_ot: Sinkhorn did not converge (eps={eps:g}, error {log['err'][-1]:.2e}); "
-                           "increase eps or max_iter")
+    P = ot.sinkhorn(_np(a), _np(b), _np(C), eps, method=method, stopThr=tol, numItermax=max_iter, warn=False)
     P = torch.as_tensor(P, device=C.device)
+    err = float((P.sum(1) - a).abs().sum() + (P.sum(0) - b).abs().sum()) if torch.isfinite(P).all() else math.inf
+    if err > 1e-4:
+        raise RuntimeError(f"entropic_ot: Sinkhorn did not converge (eps={eps:g}, marginal error {err:.2e}); "
+                           "increase eps or max_iter")
     return OTResult(P, (P * C).sum())
 
 

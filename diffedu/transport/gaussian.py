@@ -24,8 +24,8 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["GaussianPlan", "GaussianMap", "sqrtm_psd", "bures_sq", "gaussian_w2_sq", "gaussian_ot_map",
-           "gaussian_entropic_plan", "gaussian_entropic_cost", "gaussian_sb_marginal", "gaussian_kl"]
+__all__ = ["GaussianPlan", "GaussianMap", "EntropicCost", "sqrtm_psd", "bures_sq", "gaussian_w2_sq", "gaussian_ot_map",
+           "gaussian_entropic_plan", "gaussian_entropic_cost", "gaussian_sb_marginal", "full_gaussian_kl"]
 
 
 class GaussianPlan(NamedTuple):
@@ -106,7 +106,7 @@ def _pair(m0, S0, m1, S1):
 
 
 def sqrtm_psd(S: torch.Tensor, power: float = 0.5) -> torch.Tensor:
-    """S^power for a symmetric positive semi-definite S by an eigen-decomposition, float64 (power -1/2 for S^{-1/2})."""
+    """S^power for a symmetric positive semi-definite S by an eigen-decomposition, float64: the A^{1/2}, A^{-1/2} of the closed forms (monograph §7.2-§7.3)."""
     S = torch.as_tensor(S, dtype=torch.float64)
     if S.ndim != 2 or S.shape[0] != S.shape[1]:
         raise ValueError(f"S: expected a square matrix, got shape {tuple(S.shape)}")
@@ -207,9 +207,10 @@ def gaussian_sb_marginal(m0, cov0, m1, cov1, sigma: float, t):
     return (1 - t) * p.m0 + t * p.m1, cov
 
 
-def gaussian_kl(m0, cov0, m1, cov1) -> torch.Tensor:
+def full_gaussian_kl(m0, cov0, m1, cov1) -> torch.Tensor:
     """KL(N(m0, S0) || N(m1, S1)) = 1/2 [tr(S1^{-1} S0) + (m1-m0)^T S1^{-1} (m1-m0) - d + log det S1 - log det S0]
-    (used to say how far two couplings are, monograph §7.4)."""
+    for full covariances (used to say how far two couplings are, monograph §7.4; the isotropic per-example
+    version is :func:`diffedu.gaussian.gaussian_kl`)."""
     m0, S0, m1, S1 = _pair(m0, cov0, m1, cov1)
     diff = m1 - m0
     return 0.5 * (torch.trace(torch.linalg.solve(S1, S0)) + diff @ torch.linalg.solve(S1, diff) - len(m0)
