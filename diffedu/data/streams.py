@@ -1,11 +1,11 @@
-"""Endless, seeded minibatch streams drawn from a tensor, on its own device (no DataLoader)."""
+"""Endless, seeded minibatch streams (no DataLoader): reshuffled from a tensor, or drawn fresh from a distribution."""
 from __future__ import annotations
 
 from typing import Iterator, Optional, Tuple, Union
 
 import torch
 
-__all__ = ["batches"]
+__all__ = ["batches", "sample_stream"]
 
 
 def batches(
@@ -59,3 +59,49 @@ def _batch_stream(x, batch_size, generator, labels, drop_last):
                 yield x[idx]
             else:
                 yield x[idx], labels[idx.to(labels.device)]
+
+
+def sample_stream(
+    dist,
+    batch_size: int,
+    generator: Optional[Union[torch.Generator, int]] = None,
+    *,
+    labels: bool = False,
+) -> Iterator[Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]]:
+    """An endless, seeded stream of fresh samples from a distribution: the "infinite data" regime.
+
+    Where :func:`batches` reshuffles a fixed data set, this draws every batch anew from ``dist``,
+    the situation the population losses of the monograph describe (an expectation over p_data,
+    monograph §1.1): no example is ever seen twice. ``dist`` is anything with a
+    ``dist.sample(n, generator=...)`` method (e.g. a :class:`diffedu.toy.GaussianMixture`) or a
+    function ``dist(n, generator=...)`` (e.g. :func:`diffedu.toy.two_moons`).
+
+    ``generator`` is a torch.Generator or an int seed (None: torch's global RNG); the same seed
+    gives the same stream. With ``labels=True`` each item is the pair ``(x, c)`` from
+    ``dist.sample(n, generator=..., return_labels=True)`` (class-conditional training, §8.2).
+    Batches are drawn on the generator's device; :func:`diffedu.engine.fit` moves them.
+    """
+    sample = getattr(dist, "sample", None)
+    if not callable(sample):
+        if not callable(dist):
+            raise TypeError(f"dist: expected an object with .sample(n, generator=...) or a function "
+                            f"dist(n, generator=...), got {type(dist).__name__}")
+        if labels:
+            raise ValueError("labels: True needs dist.sample(n, generator=..., return_labels=True); "
+                             f"got a plain function {getattr(dist, '__name__', dist)!r}")
+        sample = dist
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    if not isinstance(labels, bool):
+        raise TypeError(f"labels: expected a bool, got {type(labels).__name__}")
+    if isinstance(generator, int) and not isinstance(generator, bool):
+        generator = torch.Generator().manual_seed(generator)
+    elif generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator, an int seed or None, got {type(generator).__name__}")
+    kwargs = {"return_labels": True} if labels else {}
+    return _sample_stream(sample, batch_size, generator, kwargs)
+
+
+def _sample_stream(sample, batch_size, generator, kwargs):
+    while True:
+        yield sample(batch_size, generator=generator, **kwargs)

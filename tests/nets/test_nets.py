@@ -206,3 +206,35 @@ def test_nets_follow_input_dtype():
     net = MLP(hidden=8).double()
     assert net(torch.randn(3, 2, dtype=torch.float64), 0.2).dtype == torch.float64
     assert math.isfinite(float(net(torch.randn(3, 2, dtype=torch.float64), torch.rand(3, dtype=torch.float64)).detach().sum()))
+
+
+def test_mlp_out_dim_makes_other_heads():
+    torch.manual_seed(0)
+    clf = MLP(dim=2, out_dim=3, hidden=16, depth=2)          # K logits of a noisy classifier (monograph §8.1)
+    x, t = torch.randn(5, 2), torch.rand(5)
+    assert clf(x, t).shape == (5, 3) and clf.out_dim == 3
+    assert clf.net[-1].out_features == 3
+    assert MLP(dim=4, hidden=8).out_dim == 4                 # default: shaped like x
+    torch.testing.assert_close(clf(x[:2], t[:2]), clf(x, t)[:2])
+    with pytest.raises(ValueError, match="out_dim"):
+        MLP(out_dim=0)
+    with pytest.raises(TypeError, match="out_dim"):
+        MLP(out_dim=2.0)
+
+
+def test_mlp_without_time_is_a_function_of_x_alone():
+    torch.manual_seed(0)
+    energy = MLP(dim=2, hidden=16, depth=2, time_dim=0, out_dim=1)   # E(x) or s(x) of a fixed density
+    x = torch.randn(6, 2, requires_grad=True)
+    out = energy(x)
+    assert out.shape == (6, 1) and energy.net[0].in_features == 2
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert grad.shape == x.shape and torch.isfinite(grad).all()
+    with pytest.raises(ValueError, match="t"):
+        energy(x, torch.rand(6))
+    with pytest.raises(TypeError, match="t"):
+        MLP(dim=2, hidden=8)(torch.randn(3, 2))              # a time-conditioned net needs t
+    with pytest.raises(ValueError, match="time_dim"):
+        MLP(time_dim=1)
+    with pytest.raises(ValueError, match="num_classes"):
+        MLP(time_dim=0, num_classes=3)
