@@ -243,7 +243,29 @@ def test_student_cli(tmp_path):
 
 
 # ------------------------------------------------------------------ every chapter's checkers
-@pytest.mark.parametrize("chapter", ["ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch08", "ch09"])
+def _checker_modules() -> list[str]:
+    """Every module of diffedu.exercises that declares EXERCISES (one per chapter)."""
+    import importlib
+    import pkgutil
+
+    import diffedu.exercises as ex
+
+    names = [m.name for m in pkgutil.iter_modules(ex.__path__) if not m.name.startswith("_")]
+    return sorted(n for n in names if hasattr(importlib.import_module(f"diffedu.exercises.{n}"), "EXERCISES"))
+
+
+def test_every_chapter_with_exercises_has_a_checker_module():
+    import re
+
+    modules = set(_checker_modules())
+    for path in CHAPTERS:
+        m = re.match(r"(ch\d\d)_", path.name)
+        key = m.group(1) if m else path.stem.split("_")[0]
+        if any("solution" in c.get("metadata", {}).get("tags", []) for c in nbformat.read(path, as_version=4).cells):
+            assert key in modules, f"{path.name}: exercises but no diffedu/exercises/{key}.py with EXERCISES"
+
+
+@pytest.mark.parametrize("chapter", _checker_modules())
 def test_chapter_checkers_pass_on_references_and_fail_on_stubs_and_sign_errors(chapter):
     import importlib
 
