@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 
 __all__ = ["append_dims", "check_data", "check_time", "check_like", "check_kind", "check_positive", "check_finite",
@@ -106,8 +107,10 @@ def check_kind(kind: str, allowed, name: str = "kind") -> str:
     return kind
 
 
-def check_positive(value, name: str, *, strict: bool = True, upper=None) -> float:
-    """Check a real parameter is finite and positive (or non-negative), optionally below ``upper``."""
+def check_positive(value, name: str, *, strict: bool = True, upper=None, allow_none: bool = False) -> Optional[float]:
+    """Check a real parameter is finite and positive (or non-negative), optionally below ``upper``; None with ``allow_none``."""
+    if value is None and allow_none:
+        return None
     if isinstance(value, (bool, str)):
         raise TypeError(f"{name}: expected a real number, got {value!r}")
     try:
@@ -121,13 +124,16 @@ def check_positive(value, name: str, *, strict: bool = True, upper=None) -> floa
     return v
 
 
-def check_int(value, name: str, minimum: int = 1) -> int:
-    """An int (not a bool) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int >= {minimum}, got {value!r}")
+def check_int(value, name: str, minimum: int = 1, *, allow_none: bool = False) -> Optional[int]:
+    """An int (not a bool; numpy integers too) of at least ``minimum``, as an int; None too with ``allow_none``."""
+    if value is None and allow_none:
+        return None
+    what = f"an int >= {minimum}{' or None' if allow_none else ''}"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected {what}, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return value
+        raise ValueError(f"{name}: expected {what}, got {value}")
+    return int(value)
 
 
 def check_generator(generator, name: str = "generator"):

@@ -19,18 +19,23 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from diffedu.engine._args import check_int
+from diffedu._checks import check_int
 from diffedu.engine.device import DeviceLike
 from diffedu.engine.ema import EMA
 from diffedu.engine.state import LossHistory, TrainState
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "save_state", "load_state"]
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "save_checkpoint", "load_checkpoint", "save_state", "load_state"]
 
 PathLike = Union[str, os.PathLike]
 
 
 class CheckpointError(ValueError):
-    """A file that is not a (readable) diffedu checkpoint: empty, truncated, corrupt or something else."""
+    """A file that is not a (readable) diffedu checkpoint: empty, truncated, corrupt, something else,
+    or one whose contents do not fit the model / EMA / optimizer it is loaded into."""
+
+
+class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
+    """A file that ``torch.load(..., weights_only=True)`` refused: it pickles arbitrary objects (or is corrupt)."""
 
 
 def _check_path(path) -> str:
@@ -83,7 +88,7 @@ def save_checkpoint(
         "model": model.state_dict(),
         "ema": None if ema is None else ema.state_dict(),
         "optimizer": None if optimizer is None else optimizer.state_dict(),
-        "step": check_int(step, "step"),
+        "step": check_int(step, "step", 0),
         **extra,
     }
     directory = os.path.dirname(os.path.abspath(path))
@@ -104,17 +109,22 @@ def save_checkpoint(
 
 def _read(path: str, map_location) -> dict:
     """``torch.load(path, weights_only=True)``, with every way of failing turned into an error naming ``path``."""
-    hint = "it is not a diffedu checkpoint (or it was truncated or corrupted); save one with diffedu.engine.save_checkpoint"
+    hint = "it is not a diffedu checkpoint (or it was truncated or corrupted); write one with diffedu.engine.save_checkpoint"
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"path: {path!r} is empty: {hint}")
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+    try:
+        is_zip = zipfile.is_zipfile(path)  # torch.save has written zip archives since torch 1.6
+    except (OSError, zipfile.BadZipFile):
+        is_zip = False
+    if not is_zip:
         raise CheckpointError(f"path: {path!r} is not a torch.save archive: {hint}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise pickle.UnpicklingError(
-            f"path: {path!r} could not be loaded with weights_only=True: it holds objects other than tensors, "
-            f"numbers, strings and containers of them (refused: arbitrary pickled code), or it is corrupt. {err}"
+        raise UnsafeCheckpointError(
+            f"path: {path!r} is not a diffedu checkpoint that loads safely: torch.load(weights_only=True) refused it. "
+            f"It holds objects other than tensors, numbers, strings and containers of them (arbitrary pickled code is "
+            f"never run), or it is corrupt. torch said: {str(err)[:300]}"
         ) from err
     except Exception as err:  # zip reader errors, EOFError, KeyError, ... from a damaged archive
         raise CheckpointError(f"path: {path!r} could not be read ({type(err).__name__}: {str(err)[:200]}): {hint}") from err
@@ -122,6 +132,16 @@ def _read(path: str, map_location) -> dict:
         got = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"path: {path!r} is not a diffedu checkpoint (expected keys 'model' and 'step', got {got})")
     return ckpt
+
+
+def _load_part(name: str, path: str, target, state) -> None:
+    """``target.load_state_dict(state)``, with a mismatch reported as a :class:`CheckpointError` naming ``name`` and ``path``."""
+    if state is None:
+        raise ValueError(f"{name}: the checkpoint {path!r} holds no {name} state")
+    try:
+        target.load_state_dict(state)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{name}: the {name} state in {path!r} does not fit this {name}: {str(err)[:300]}") from err
 
 
 def load_checkpoint(
@@ -136,8 +156,10 @@ def load_checkpoint(
     Uses ``torch.load(..., weights_only=True)``, which refuses to run arbitrary pickled code.
     Tensors go to ``map_location`` (default: the device of ``model``'s parameters). Returns the
     whole checkpoint dict; ``ckpt["step"]`` is the number of optimiser steps it had taken
-    (monograph §6.1). An empty, truncated or foreign file raises :class:`CheckpointError`
-    naming it.
+    (monograph §6.1). An empty, truncated, corrupt or foreign file raises :class:`CheckpointError`
+    naming it (:class:`UnsafeCheckpointError`, also a ``pickle.UnpicklingError``, when
+    ``weights_only`` loading refuses it); so does a state that does not fit ``model``, ``ema``
+    or ``optimizer``.
     """
     path = _check_path(path)
     _check_parts(model, ema, optimizer)
@@ -147,18 +169,11 @@ def load_checkpoint(
         first = next(iter(model.parameters()), None)
         map_location = first.device if first is not None else torch.device("cpu")
     ckpt = _read(path, map_location)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise RuntimeError(f"model: the weights in {path!r} do not fit this model: {err}") from err
+    _load_part("model", path, model, ckpt["model"])
     if ema is not None:
-        if ckpt.get("ema") is None:
-            raise ValueError(f"ema: the checkpoint {path!r} holds no EMA state")
-        ema.load_state_dict(ckpt["ema"])
+        _load_part("ema", path, ema, ckpt.get("ema"))
     if optimizer is not None:
-        if ckpt.get("optimizer") is None:
-            raise ValueError(f"optimizer: the checkpoint {path!r} holds no optimizer state")
-        optimizer.load_state_dict(ckpt["optimizer"])
+        _load_part("optimizer", path, optimizer, ckpt.get("optimizer"))
     return ckpt
 
 
@@ -187,7 +202,7 @@ def load_state(path: PathLike, state: TrainState, map_location: Optional[DeviceL
     if not isinstance(state, TrainState):
         raise TypeError(f"state: expected a diffedu.engine.TrainState, got {type(state).__name__}")
     ckpt = load_checkpoint(path, state.model, ema=state.ema, optimizer=state.optimizer, map_location=map_location)
-    state.step = check_int(ckpt["step"], "step")
+    state.step = check_int(ckpt["step"], "step", 0)
     losses = ckpt.get("losses")
     state.losses = LossHistory(losses.tolist() if torch.is_tensor(losses) else ())
     if state.generator is not None and torch.is_tensor(ckpt.get("generator")):

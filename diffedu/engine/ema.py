@@ -6,7 +6,7 @@ import copy
 import torch
 from torch import nn
 
-from diffedu.engine._args import check_real
+from diffedu._checks import check_positive
 
 __all__ = ["EMA"]
 
@@ -31,7 +31,7 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        self.decay = check_real(decay, "decay", strict=False, upper=1.0)
+        self.decay = check_positive(decay, "decay", strict=False, upper=1.0)
         self.warmup = bool(warmup)
         self.num_updates = 0
         self.model = copy.deepcopy(model).eval().requires_grad_(False)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffedu.engine._args import check_int
+from diffedu._checks import check_int
 from diffedu.engine.ema import EMA
 
 __all__ = ["LossHistory", "TrainState"]
@@ -62,7 +62,7 @@ class LossHistory:
 
     def recent_mean(self, n: int) -> float:
         """The mean of the last ``n`` losses (nan when there are none)."""
-        n = check_int(n, "n", minimum=1)
+        n = check_int(n, "n", 1)
         self._flush()
         return float(np.mean(self._values[-n:])) if self._values else float("nan")
 
@@ -91,7 +91,7 @@ class TrainState:
     ema: Optional[EMA] = None
     generator: Optional[torch.Generator] = None
     step: int = 0
-    losses: Any = field(default_factory=LossHistory)
+    losses: LossHistory = field(default_factory=LossHistory)
     scaler: Optional[Any] = None
     forward_model: Optional[nn.Module] = None
 
@@ -104,7 +104,7 @@ class TrainState:
             raise TypeError(f"ema: expected a diffedu.engine.EMA or None, got {type(self.ema).__name__}")
         if self.generator is not None and not isinstance(self.generator, torch.Generator):
             raise TypeError(f"generator: expected a torch.Generator or None, got {type(self.generator).__name__}")
-        self.step = check_int(self.step, "step")
+        self.step = check_int(self.step, "step", 0)
         if not isinstance(self.losses, LossHistory):
             self.losses = LossHistory(self.losses)
         if self.scaler is not None and not all(hasattr(self.scaler, a) for a in ("scale", "unscale_", "step", "update")):
