@@ -311,7 +311,8 @@ def test_errors_name_the_argument():
 
 def test_benchmark_quick_runs():
     # benchmarks/solvers.py --quick (about 20 s on one core): runs end to end and diffedu's DDIM equals diffusers' DDIM.
-    pytest.importorskip("diffusers")
+    # diffusers is in the test extra (pyproject), so this runs in CI: no skip.
+    import diffusers  # noqa: F401
     import os
     import subprocess
     import sys
@@ -323,7 +324,7 @@ def test_benchmark_quick_runs():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     gaps = [float(line.rsplit("=", 1)[1]) for line in out.stdout.splitlines() if "max |diffedu - diffusers|" in line]
-    assert len(gaps) == 3 and max(gaps) < 1e-5, out.stdout[-2000:]
+    assert len(gaps) == 3 and max(gaps) <= 1e-6, out.stdout[-2000:]
 
 
 # ---------------------------------------------------------------------------------------- chapter 9 exercises
