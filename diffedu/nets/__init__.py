@@ -10,6 +10,9 @@ Two networks, both with the calling convention every sampler and loss in diffedu
   self-attention at low resolution) with the time embedding added inside every residual block,
   as in DDPM (monograph §2.2) and the score-SDE networks (§4).
 
+Two more for the image chapter: :class:`DigitClassifier` (the feature network of the image
+metrics) and :class:`Autoencoder` (the first stage of latent diffusion, with :func:`autoencoder_loss`).
+
 What a network *predicts* (noise, clean data, score, velocity) is not its business: the same
 net serves every row of Table 6.1 (monograph §6.1); :mod:`diffedu.param` does the converting.
 
@@ -21,5 +24,7 @@ unconditional call and a dropped-out label are one and the same thing.
 from diffedu.nets.embedding import TIME_SCALE, sinusoidal_embedding
 from diffedu.nets.mlp import MLP
 from diffedu.nets.unet import UNet
+from diffedu.nets.classifier import DigitClassifier
+from diffedu.nets.autoencoder import Autoencoder, AutoencoderOutput, autoencoder_loss
 
-__all__ = ["TIME_SCALE", "sinusoidal_embedding", "MLP", "UNet"]
+__all__ = ["TIME_SCALE", "sinusoidal_embedding", "MLP", "UNet", "DigitClassifier", "Autoencoder", "AutoencoderOutput", "autoencoder_loss"]
