@@ -32,8 +32,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def toc_notebooks(toc: Path = ROOT / "_toc.yml") -> list[Path]:
-    """Every ``.ipynb`` page named in the table of contents."""
+def toc_pages(toc: Path = ROOT / "_toc.yml") -> list[str]:
+    """Every page (``file:`` and ``root:`` entries) of the table of contents, as written there."""
     def walk(node):
         if isinstance(node, dict):
             for key, value in node.items():
@@ -45,7 +45,12 @@ def toc_notebooks(toc: Path = ROOT / "_toc.yml") -> list[Path]:
             for item in node:
                 yield from walk(item)
 
-    pages = [ROOT / p for p in walk(yaml.safe_load(toc.read_text()))]
+    return list(walk(yaml.safe_load(Path(toc).read_text())))
+
+
+def toc_notebooks(toc: Path = ROOT / "_toc.yml") -> list[Path]:
+    """Every ``.ipynb`` page named in the table of contents."""
+    pages = [ROOT / p for p in toc_pages(toc)]
     return [p.with_suffix(".ipynb") for p in pages if p.with_suffix(".ipynb").exists()]
 
 

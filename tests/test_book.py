@@ -71,17 +71,9 @@ def test_an_unchanged_rebuild_executes_nothing(built_book):
 
 
 def _toc_pages() -> list[str]:
-    def walk(node):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if k in ("file", "root"):
-                    yield v
-                else:
-                    yield from walk(v)
-        elif isinstance(node, list):
-            for item in node:
-                yield from walk(item)
-    return list(walk(yaml.safe_load((ROOT / "_toc.yml").read_text())))
+    import execute_notebooks
+
+    return execute_notebooks.toc_pages()
 
 
 def test_every_toc_page_is_built(built_book):

@@ -22,18 +22,10 @@ def _config():
     return yaml.safe_load((ROOT / "_config.yml").read_text())
 
 
-def _toc_files(node) -> list[str]:
-    files = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("file", "root"):
-                files.append(value)
-            else:
-                files += _toc_files(value)
-    elif isinstance(node, list):
-        for item in node:
-            files += _toc_files(item)
-    return files
+def _toc_files(toc) -> list[str]:
+    import execute_notebooks
+
+    return execute_notebooks.toc_pages(ROOT / "_toc.yml")
 
 
 def test_the_build_executes_exactly_the_chapters():
