@@ -10,7 +10,6 @@ the closed form between Gaussians, the unbiased MMD estimator — are written ou
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import NamedTuple, Optional, Tuple
 

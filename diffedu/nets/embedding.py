@@ -3,7 +3,7 @@ shared by :class:`~diffedu.nets.MLP` and :class:`~diffedu.nets.UNet` (monograph 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F

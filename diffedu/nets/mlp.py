@@ -1,11 +1,9 @@
 """The toy MLP for vector data (B, dim) (monograph §2.2, §6.1)."""
 from __future__ import annotations
 
-import math
-from typing import Iterable, Optional, Sequence, Union
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from diffedu.nets.embedding import _check_int, _check_num_classes, _check_x, _labels_for, _time_for, _TimeEmbedding

@@ -1,7 +1,6 @@
 """A small U-Net for images (B, C, H, W) (monograph §2.2, §4)."""
 from __future__ import annotations
 
-import math
 from typing import Iterable, Optional, Sequence, Union
 
 import torch

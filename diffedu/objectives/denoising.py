@@ -12,7 +12,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from diffedu._checks import append_dims, check_data, check_kind, check_like, check_positive, check_schedule, check_time
+from diffedu._checks import check_data, check_kind, check_like, check_positive, check_schedule, check_time
 from diffedu.forward import add_noise, sample_times
 from diffedu.param import KINDS, Denoiser, from_x0_eps, target_coefficients
 from diffedu.schedules import Schedule
