@@ -81,6 +81,26 @@ window.addEventListener('unhandledrejection', function (e) {
 
 PROBE_BODY = """<script>
 (function () {
+  // move the first slider through its own widget (noUiSlider's API, as a reader's drag would) and
+  // record which image is visible before and after: a slider linked in the browser (jslink to a
+  // Stack) must change the figure without a kernel
+  function visibleImages() {
+    return Array.prototype.filter.call(document.querySelectorAll('.jupyter-widgets img'), function (img) {
+      var r = img.getBoundingClientRect();
+      return r.width > 0 && r.height > 0;
+    }).map(function (img) { return (img.src || '').length + ':' + (img.src || '').slice(-40); });
+  }
+  function moveSlider(done) {
+    var handle = document.querySelector('.widget-slider .noUi-handle, .widget-hslider .noUi-handle');
+    var target = handle && handle.closest('.noUi-target');
+    if (!target || !target.noUiSlider) { done(null); return; }
+    var out = {before: visibleImages()};
+    var v = Number(target.noUiSlider.get());
+    target.noUiSlider.set(v === 0 ? 1 : 0);
+    setTimeout(function () { out.after = visibleImages(); done(out); }, 800);
+  }
+
+  var sliderResult = null;
   function report() {
     var imgs = Array.prototype.map.call(document.querySelectorAll('img'), function (img) {
       return {src: (img.currentSrc || img.src || '').slice(0, 120), complete: img.complete,
@@ -133,6 +153,7 @@ PROBE_BODY = """<script>
       animation_buttons: document.querySelectorAll('.anim-buttons button').length,
       resources: resources,
       failures: window.__diffeduFailures,
+      slider: sliderResult,
     };
     var pre = document.createElement('pre');
     pre.id = 'diffedu-probe';
@@ -151,7 +172,9 @@ PROBE_BODY = """<script>
       (function poll() {
         var want = document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length;
         var have = document.querySelectorAll('.jupyter-widgets').length;
-        if ((want === 0 || have > 0) || tries++ > 50) { setTimeout(report, 200); } else { setTimeout(poll, 100); }
+        if ((want === 0 || have > 0) || tries++ > 50) {
+          setTimeout(function () { moveSlider(function (r) { sliderResult = r; report(); }); }, 400);
+        } else { setTimeout(poll, 100); }
       })();
     });
   });
@@ -406,6 +429,12 @@ def problems(report: PageReport, *, expect_math=True, expect_figures=True, expec
         if p["widget_views"] == 0 or p["widget_sliders"] == 0:
             out.append(f"{report.page}: widget views not rendered by the HTML manager "
                        f"({p['widget_views']} views, {p['widget_sliders']} sliders)")
+    moved = p.get("slider")
+    if moved is not None and (not moved.get("before") or moved.get("before") == moved.get("after")):
+        out.append(f"{report.page}: moving the slider did not change the figure (no kernel: it must be linked "
+                   "in the browser, e.g. diffedu.notebook.slider)")
+    if expect_widgets and p["widget_sliders"] and moved is None:
+        out.append(f"{report.page}: a slider is shown but could not be moved")
     if expect_animation and (p["animations"] == 0 or p["animation_buttons"] == 0):
         out.append(f"{report.page}: no animation player controls")
     return out
