@@ -6,7 +6,6 @@ locally and FAILS when the environment variable CI is set. Screenshots go to art
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
