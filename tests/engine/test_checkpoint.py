@@ -153,9 +153,9 @@ def test_missing_parts_and_mismatches_name_the_argument(tmp_path):
         load_checkpoint(tmp_path, nn.Linear(2, 2))  # a directory
     path = tmp_path / "noema.pt"
     save_checkpoint(path, nn.Linear(2, 2))
-    with pytest.raises((TypeError, ValueError), match="ema: .*noema.pt.*no ema state"):
+    with pytest.raises(ValueError, match="ema: .*noema.pt.*no ema state"):
         load_checkpoint(path, nn.Linear(2, 2), ema=EMA(nn.Linear(2, 2)))
-    with pytest.raises((TypeError, ValueError), match="optimizer: .*no optimizer state"):
+    with pytest.raises(ValueError, match="optimizer: .*no optimizer state"):
         load_checkpoint(path, nn.Linear(2, 2), optimizer=torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0))
     with pytest.raises(CheckpointError, match="model: the model state in .*noema.pt.* does not fit"):
         load_checkpoint(path, nn.Linear(3, 2))
@@ -176,7 +176,7 @@ def test_bad_arguments_name_themselves(tmp_path):
         save_checkpoint(tmp_path / "a.pt", model, ema=model)
     with pytest.raises(TypeError, match="optimizer"):
         save_checkpoint(tmp_path / "a.pt", model, optimizer="adam")
-    with pytest.raises((TypeError, ValueError), match="step"):
+    with pytest.raises(ValueError, match="step"):
         save_checkpoint(tmp_path / "a.pt", model, step=-1)
     with pytest.raises(TypeError, match="path"):
         load_checkpoint(None, model)

@@ -217,10 +217,10 @@ def test_train_step_errors_name_the_argument():
         train_step(state, "mse", batch())
     with pytest.raises(TypeError, match="loss_fn: must return a tensor"):
         train_step(state, lambda m, b, g: 1.0, batch())
-    for clip in (0, -1.0, float("inf"), "1"):
-        with pytest.raises((TypeError, ValueError), match="grad_clip"):
+    for clip, error in ((0, ValueError), (-1.0, ValueError), (float("inf"), ValueError), ("1", TypeError)):
+        with pytest.raises(error, match="grad_clip"):
             train_step(state, mse, batch(), grad_clip=clip)
-    with pytest.raises((TypeError, ValueError), match="autocast"):
+    with pytest.raises(ValueError, match="autocast"):
         train_step(state, mse, batch(), autocast=torch.float32)
     with pytest.raises(TypeError, match="autocast"):
         train_step(state, mse, batch(), autocast="bf16")
@@ -240,7 +240,7 @@ def test_train_state_checks_its_fields():
                      (dict(scaler=object()), "scaler"), (dict(forward_model=lambda x: x), "forward_model")]:
         args = dict(model=model, optimizer=opt)
         args.update(kw)
-        with pytest.raises((TypeError, ValueError), match=name):
+        with pytest.raises(ValueError if kw == dict(step=-1) else TypeError, match=name):
             TrainState(**args)
 
 
@@ -253,5 +253,5 @@ def test_loss_history_reads_back_in_one_go():
     assert history.numpy().dtype == np.float32 and history.numpy().shape == (4,)
     assert history.as_tensor().dtype == torch.float32 and history.tolist() == [0.5, 1.0, 2.0, 4.0]
     assert np.isnan(LossHistory().recent_mean(3))
-    with pytest.raises((TypeError, ValueError), match="n"):
+    with pytest.raises(ValueError, match="n"):
         history.recent_mean(0)
