@@ -20,7 +20,6 @@ one trained model can be sampled through any parameterisation (monograph §6.3).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -61,13 +60,26 @@ def _velocity_det(t, x_t, schedule):
     return a, s, da, ds, a * ds - s * da  # det > 0 whenever the log-SNR decreases
 
 
+def _refuse_where(mask, t, what):
+    """Raise a clear error where a conversion divides by an exact zero (an endpoint singularity)."""
+    if bool(mask.any()):
+        tt = t.reshape(-1)[mask.reshape(-1)] if t.numel() == mask.numel() else t.reshape(-1)
+        raise ValueError(f"t: {what} (at t = {tt[0].item():g}); evaluate inside (0, 1) or use the model's own kind "
+                         "(Prediction.as_kind returns a model's raw output unchanged)")
+
+
 def _to_x0(out, kind, x_t, t, schedule):
     if kind == "x0":
         return out
     if kind == "velocity":
         a, s, da, ds, det = _velocity_det(t, x_t, schedule)
-        return (ds * x_t - s * out) / det
+        x0 = (ds * x_t - s * out) / det
+        if bool((s == 0).any()):  # sigma_t = 0: x_t is the data itself, the limit of the formula is x_t / alpha_t
+            x0 = torch.where(s == 0, x_t / a, x0)
+        return x0
     a, s = _coefs(t, x_t, schedule)
+    if kind in ("eps", "score"):
+        _refuse_where(a == 0, t, f"x0 from a {kind} prediction divides by alpha_t = 0 (the noise end, no data left)")
     if kind == "eps":
         return (x_t - s * out) / a
     if kind == "score":
@@ -82,9 +94,12 @@ def _to_eps(out, kind, x_t, t, schedule):
         return out
     if kind == "velocity":
         a, s, da, ds, det = _velocity_det(t, x_t, schedule)
+        _refuse_where(~torch.isfinite(det), t, "eps from a velocity prediction is singular where sigma'_t is infinite "
+                      "(sigma_t = 0 of a VP schedule: the velocity no longer sees the noise)")
         return (a * out - da * x_t) / det
     a, s = _coefs(t, x_t, schedule)
     if kind == "x0":
+        _refuse_where(s == 0, t, "eps from an x0 prediction divides by sigma_t = 0 (the data end, no noise to recover)")
         return (x_t - a * out) / s
     if kind == "score":
         return -s * out
@@ -100,8 +115,13 @@ def _from_x0_eps(x0, eps, kind, t, schedule):
     if kind == "eps":
         return eps
     if kind == "score":
-        return -eps / append_dims(schedule.sigma(t), ref)
+        sigma = schedule.sigma(t)
+        _refuse_where(sigma == 0, t, "the score -eps / sigma_t is singular where sigma_t = 0 (the data end)")
+        return -eps / append_dims(sigma, ref)
     A, B = target_coefficients(kind, t, schedule)
+    if kind == "velocity":
+        _refuse_where(~torch.isfinite(B), t, "the velocity alpha'_t x0 + sigma'_t eps is infinite where sigma'_t is "
+                      "(sigma_t = 0 of a VP schedule, where sigma_t grows like sqrt(t))")
     return append_dims(A, ref) * x0 + append_dims(B, ref) * eps
 
 
@@ -162,25 +182,54 @@ def convert(out: torch.Tensor, src: str, dst: str, x_t: torch.Tensor, t, schedul
     return _from_x0_eps(x0, eps, dst, t, schedule)
 
 
-@dataclass
 class Prediction:
     """A denoiser's answer at (x_t, t): the clean-data estimate x0 and noise estimate eps.
 
     For a trained or exact model these are E[x0 | x_t] and E[eps | x_t]; the other kinds
     follow (monograph Table 6.1): ``score = -eps / sigma_t`` (Tweedie, §3.3) and
     ``velocity = alpha'_t x0 + sigma'_t eps`` (the PF-ODE velocity, §4.4/§5.3).
+
+    Built either from ``x0`` and ``eps``, or from a model's ``raw`` output of ``kind``: then x0 and
+    eps are formed when first asked for, and ``as_kind(kind)`` returns ``raw`` itself, so a model's
+    own kind survives at the endpoints where a conversion is singular (a score model's ``.score``
+    at sigma_t = 0). A conversion that is singular there raises an error naming ``t``.
     """
 
-    x0: torch.Tensor
-    eps: torch.Tensor
-    x_t: torch.Tensor
-    t: torch.Tensor
-    schedule: Schedule
+    def __init__(self, x0=None, eps=None, *, x_t, t, schedule, kind=None, raw=None):
+        if raw is None and (x0 is None or eps is None):
+            raise ValueError("Prediction: give both x0 and eps, or a model's raw output and its kind")
+        if raw is not None:
+            check_kind(kind, KINDS, "kind")
+        self._x0, self._eps = x0, eps
+        self.x_t, self.t, self.schedule, self.kind, self.raw = x_t, t, schedule, kind, raw
+
+    @property
+    def x0(self) -> torch.Tensor:
+        """E[x0 | x_t] (monograph §3.3, Tweedie)."""
+        if self._x0 is None:
+            self._x0 = _to_x0(self.raw, self.kind, self.x_t, self.t, self.schedule)
+        return self._x0
+
+    @property
+    def eps(self) -> torch.Tensor:
+        """E[eps | x_t] (monograph §6.3)."""
+        if self._eps is None:
+            self._eps = _to_eps(self.raw, self.kind, self.x_t, self.t, self.schedule)
+        return self._eps
 
     def as_kind(self, kind: str) -> torch.Tensor:
-        """The prediction in parameterisation ``kind`` (one of eps, x0, score, v, velocity)."""
+        """The prediction in parameterisation ``kind`` (one of eps, x0, score, v, velocity; Table 6.1)."""
         check_kind(kind, KINDS, "kind")
-        return _from_x0_eps(self.x0, self.eps, kind, self.t, self.schedule)
+        if self.raw is not None and kind == self.kind:
+            return self.raw
+        if kind == "velocity" and self.kind == "score" and self.raw is not None:
+            # sigma'_t eps = -sigma_t sigma'_t score = -(sigma^2)'_t / 2 score: finite where sigma_t = 0 and
+            # sigma'_t = inf (VP at t = 0), so a score model's velocity is the PF-ODE drift there (§4.4)
+            da, ds2 = (append_dims(c, self.x_t) for c in (self.schedule.d_alpha(self.t), self.schedule.d_sigma2(self.t)))
+            return da * self.x0 - 0.5 * ds2 * self.raw
+        need = _NEEDS[kind]
+        return _from_x0_eps(self.x0 if "x0" in need else None, self.eps if "eps" in need else None,
+                            kind, self.t, self.schedule)
 
     @property
     def score(self) -> torch.Tensor:
@@ -196,6 +245,9 @@ class Prediction:
     def v(self) -> torch.Tensor:
         """Salimans-Ho v = alpha_t eps - sigma_t x0."""
         return self.as_kind("v")
+
+    def __repr__(self):
+        return f"Prediction(kind={self.kind!r}, shape={tuple(self.x_t.shape)}, schedule={self.schedule!r})"
 
 
 class Denoiser(nn.Module):
@@ -227,6 +279,4 @@ class Denoiser(nn.Module):
         check_data(x_t, "x_t")
         t = check_time(t, x_t)
         out = self.raw(x_t, t, cond)
-        x0 = _to_x0(out, self.prediction, x_t, t, self.schedule)
-        eps = _to_eps(out, self.prediction, x_t, t, self.schedule)
-        return Prediction(x0=x0, eps=eps, x_t=x_t, t=t, schedule=self.schedule)
+        return Prediction(x_t=x_t, t=t, schedule=self.schedule, kind=self.prediction, raw=out)

@@ -199,8 +199,14 @@ class _VPBase(Schedule):
     def _alpha(self, t):
         return torch.exp(self._log_alpha(t))
 
+    @staticmethod
+    def _sigma_from_log_alpha(la):
+        # sigma = sqrt(1 - alpha^2) with 1 - alpha^2 = -expm1(2 log alpha); abs() turns the -0.0
+        # of -expm1(0) into +0.0, so sigma'(0) = -alpha alpha' / sigma is +inf, not -inf
+        return torch.sqrt((-torch.expm1(2 * la)).clamp_min(0).abs())
+
     def _sigma(self, t):
-        return torch.sqrt((-torch.expm1(2 * self._log_alpha(t))).clamp_min(0))
+        return self._sigma_from_log_alpha(self._log_alpha(t))
 
     def _d_alpha(self, t):
         return self._alpha(t) * self._d_log_alpha(t)
@@ -222,8 +228,10 @@ class _VPBase(Schedule):
             return super()._coefficients(t)
         la, dla = self._log_alpha_and_derivative(t)
         a = torch.exp(la)
-        s = torch.sqrt((-torch.expm1(2 * la)).clamp_min(0))
-        da = a * dla
+        s = self._sigma_from_log_alpha(la)
+        # a subclass with its own closed-form alpha' (VPCosine, where alpha = 0 and (log alpha)' = -inf
+        # at t = 1) uses it, so coefficients() equals the separate methods at the endpoints
+        da = self._d_alpha(t) if type(self)._d_alpha is not _VPBase._d_alpha else a * dla
         return a, s, da, -a * da / s
 
     def _log_snr(self, t):
@@ -285,21 +293,27 @@ class VPCosine(_VPBase):
     def __init__(self, s: float = 0.008):
         self.s = check_positive(s, "s", strict=False, upper=1.0)
         self._c0 = math.log(math.cos(math.pi / 2 * self.s / (1 + self.s)))
+        self._tan0 = math.tan(math.pi / 2 * self.s / (1 + self.s))
 
     def _theta(self, t):
         return math.pi / 2 * (t + self.s) / (1 + self.s)
 
-    def _alpha(self, t):
-        return torch.cos(self._theta(t)).clamp_min(0) / math.exp(self._c0)
+    def _ratio(self, t):
+        # alpha_t = cos(theta_0 + d) / cos(theta_0) = cos d - tan(theta_0) sin d with d = pi/2 t/(1+s):
+        # exactly 1 at t = 0 in any precision (the quotient of two rounded cosines is not)
+        d = math.pi / 2 * t / (1 + self.s)
+        return (torch.cos(d) - self._tan0 * torch.sin(d)).clamp_min(0)
 
     def _log_alpha(self, t):
-        return torch.log(torch.cos(self._theta(t)).clamp_min(0)) - self._c0
+        return torch.log(self._ratio(t))
 
     def _d_log_alpha(self, t):
         return -torch.tan(self._theta(t)) * math.pi / 2 / (1 + self.s)
 
     def _d_alpha(self, t):
-        return -torch.sin(self._theta(t)) * (math.pi / 2 / (1 + self.s)) / math.exp(self._c0)
+        # alpha'_t = -k sin(theta_0 + d) / cos(theta_0) = -k (sin d + tan(theta_0) cos d), k = pi/2/(1+s)
+        d = math.pi / 2 * t / (1 + self.s)
+        return -(torch.sin(d) + self._tan0 * torch.cos(d)) * (math.pi / 2 / (1 + self.s))
 
     def _t_from_log_snr(self, lam):
         # cos(theta) = u = alpha cos(theta_0); atan2(sqrt(1 - u^2), u) with 1 - u^2 = -expm1(2 log u)

@@ -121,3 +121,47 @@ def test_headings_carry_no_number_of_their_own(path):
     numbered = [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines()
                 if re.match(r"^#{1,6}\s+(\d+(\.\d+)*\.?|[A-Z]\.\d+(\.\d+)*)\s", line)]
     assert not numbered, f"{path.name}: headings with a hand-written number: {numbered}"
+
+
+_BIB_KEYS = set(re.findall(r"^@\w+\{([^,]+),", (ROOT / "book" / "references.bib").read_text(), flags=re.M))
+_CITE = re.compile(r"\{cite(?::[a-z]+)?\}`([^`]+)`")
+# a paper named in prose: "Ho et al.", "Song & Ermon", "Nichol & Dhariwal's", "Salimans–Ho"
+_NAMED = re.compile(r"\b[A-Z][a-zà-ü]+(?: et al\.|\s*(?:&|–)\s*[A-Z][a-zà-ü]+\b)")
+# "&" and "–" between capitalised words that are not authors
+_NOT_AUTHORS = {"Euler–Maruyama", "Fokker–Planck", "Runge–Kutta", "Adams–Bashforth", "Gauss–Newton",
+                "Ornstein–Uhlenbeck", "Kullback–Leibler", "Cauchy–Schwarz", "Euler–Lagrange", "Hamilton–Jacobi",
+                "Monge–Ampère", "Benamou–Brenier", "Kantorovich–Rubinstein", "Brenier–McCann"}
+
+
+def _prose_paragraphs(path):
+    if path.suffix == ".md":
+        sources = [re.sub(r"```.*?```", " ", path.read_text(), flags=re.S)]
+    else:
+        sources = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"]
+    for source in sources:
+        source = re.sub(r"``.*?``", " ", source, flags=re.S)  # literal code, e.g. an example of the cite role
+        text = re.sub(r"\$\$.*?\$\$|\$[^$\n]*\$|`[^`]*`", lambda m: m.group(0) if m.group(0).startswith("`") else " ",
+                      source, flags=re.S)
+        yield from re.split(r"\n\s*\n|\n(?=\|)", text)  # paragraphs; a table row counts as one
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + sorted((ROOT / "book").glob("*.md")), ids=lambda p: p.name)
+def test_every_paper_named_is_cited(path):
+    # the standards: every paper named is cited from references.bib, in the paragraph that names it
+    uncited, unknown = [], []
+    for para in _prose_paragraphs(path):
+        keys = {k.strip() for group in _CITE.findall(para) for k in group.split(",")}
+        unknown += sorted(keys - _BIB_KEYS)
+        prose = _CITE.sub(" ", para)
+        names = [m.group(0) for m in _NAMED.finditer(prose) if m.group(0).replace(" ", "") not in _NOT_AUTHORS]
+        if names and not keys:
+            uncited.append(names[0])
+    assert not unknown, f"{path.name}: cite keys missing from book/references.bib: {unknown}"
+    assert not uncited, f"{path.name}: papers named without a {{cite}} in the same paragraph: {uncited}"
+
+
+def test_the_citation_check_sees_an_uncited_name(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("As Ho et al. showed, $x$ ...")])
+    nbformat.write(nb, tmp_path / "probe.ipynb")
+    with pytest.raises(AssertionError, match="Ho et al"):
+        test_every_paper_named_is_cited(tmp_path / "probe.ipynb")

@@ -78,3 +78,53 @@ def test_denoiser_any_parameterisation_gives_same_prediction(kind):
     torch.testing.assert_close(pred.x0, exact.x0)
     torch.testing.assert_close(pred.eps, exact.eps)
     torch.testing.assert_close(pred.velocity, exact.velocity)
+
+
+class _Constant(torch.nn.Module):
+    """A 'network' whose output is a fixed finite tensor: the endpoint tests need no training."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x_t, t):
+        return self.value.expand_as(x_t)
+
+
+@pytest.mark.parametrize("end", [0.0, 1.0])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("sch", SCHEDULES + [S.VPCosine(), S.SubVP()], ids=lambda s: type(s).__name__)
+def test_a_models_own_kind_survives_and_no_conversion_is_a_silent_nan(sch, kind, end):
+    # at t = 0 (sigma_t = 0) and t = 1 (alpha_t = 0 for VPCosine and rectified flow) some conversions
+    # divide by zero: each must either return a finite value (a well-defined limit) or raise an
+    # error naming t; the model's own kind is returned unchanged (monograph Table 6.1, §6.3)
+    x_t = torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = torch.tensor([0.3, -0.7], dtype=torch.float64)
+    pred = Denoiser(_Constant(out), sch, kind)(x_t, torch.full((4,), end, dtype=torch.float64))
+    assert torch.equal(pred.as_kind(kind), out.expand_as(x_t))
+    for other in KINDS:
+        try:
+            got = pred.as_kind(other)
+        except ValueError as err:
+            assert str(err).startswith("t: ") and "t = " in str(err), str(err)
+            continue
+        assert torch.isfinite(got).all(), f"{kind} -> {other} at t = {end} under {type(sch).__name__}: {got}"
+
+
+def test_the_singular_conversions_raise_and_the_regular_limits_are_returned():
+    vp, rf = S.VPLinear(), S.RectifiedFlow()
+    x_t = torch.randn(3, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    out = torch.randn(3, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    zero, one = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"score -eps / sigma_t is singular where sigma_t = 0 .*\(at t = 0\)"):
+        param.convert(out, "eps", "score", x_t, zero, vp)
+    with pytest.raises(ValueError, match="alpha_t = 0"):
+        param.to_x0(out, "eps", x_t, one, rf)
+    with pytest.raises(ValueError, match="sigma_t = 0"):
+        param.to_eps(out, "x0", x_t, zero, vp)
+    # velocity -> x0 at sigma_t = 0: x_t is the data, the limit is x_t / alpha_t (= x_t there)
+    assert torch.equal(param.to_x0(out, "velocity", x_t, zero, vp), x_t)
+    assert torch.equal(param.to_x0(out, "velocity", x_t, zero, rf), x_t)
+    # a score model evaluated at sigma_t = 0 keeps its own score (it used to be NaN through eps)
+    pred = Denoiser(_Constant(out[0]), vp, "score")(x_t, zero)
+    assert torch.equal(pred.score, out[0].expand_as(x_t))

@@ -29,14 +29,37 @@ def test_derivatives_match_autograd(sch):
     torch.testing.assert_close(sch.d_sigma2(t), 2 * sch.sigma(t) * sch.d_sigma(t), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("sch", ALL, ids=IDS)
-def test_coefficients_equal_the_four_methods(sch):
-    # coefficients() shares work between the four (one log-alpha pass for VP); it must not change them
-    t = torch.linspace(0, 1, 257, dtype=torch.float64)
-    for got, want in zip(sch.coefficients(t), (sch.alpha(t), sch.sigma(t), sch.d_alpha(t), sch.d_sigma(t))):
+def test_coefficients_equal_the_four_methods(sch, dtype):
+    # coefficients() shares work between the four (one log-alpha pass for VP); it must not change them,
+    # in either precision, and least of all at the endpoints t = 0 and t = 1, which the grid contains
+    t = torch.linspace(0, 1, 257, dtype=dtype)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-6
+    for name, got, want in zip(("alpha", "sigma", "d_alpha", "d_sigma"), sch.coefficients(t),
+                               (sch.alpha(t), sch.sigma(t), sch.d_alpha(t), sch.d_sigma(t))):
         fin = torch.isfinite(want)
-        assert torch.equal(fin, torch.isfinite(got))
-        torch.testing.assert_close(got[fin], want[fin], rtol=1e-12, atol=1e-12)
+        assert torch.equal(fin, torch.isfinite(got)), name
+        assert torch.equal(got[~fin], want[~fin]), name  # the same infinities, with the same sign
+        torch.testing.assert_close(got[fin], want[fin], rtol=rtol, atol=rtol, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sch", ALL, ids=IDS)
+def test_the_endpoints_have_the_limits_of_the_closed_forms(sch, dtype):
+    # sigma_t >= 0 rises from its value at t = 0, so sigma'_0 is +inf or positive, never -inf or -0.0;
+    # alpha_t falls (or stays), so alpha'_1 <= 0 and is the closed form's value, not 0 * inf
+    ends = torch.tensor([0.0, 1.0], dtype=dtype)
+    a, s, da, ds = sch.coefficients(ends)
+    assert not torch.signbit(s).any(), f"sigma at the endpoints: {s.tolist()} (a negative zero)"
+    assert ds[0] > 0, f"d_sigma at t = 0: {ds[0].item()}"
+    inner = torch.tensor([1e-7, 1 - 1e-7], dtype=torch.float64)
+    a_in, s_in, da_in, ds_in = sch.coefficients(inner)
+    torch.testing.assert_close(da.double(), da_in, rtol=0.05, atol=1e-3, msg="d_alpha at the endpoints vs just inside")
+    if torch.isfinite(ds[0]):
+        torch.testing.assert_close(ds[0].double(), ds_in[0], rtol=0.05, atol=1e-3)
+    if sch.variance_preserving:
+        assert a[0].item() == 1.0 and s[0].item() == 0.0, "VP schedules start exactly at alpha = 1, sigma = 0"
 
 
 @pytest.mark.parametrize("sch", ALL, ids=IDS)
