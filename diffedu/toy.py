@@ -226,9 +226,11 @@ class GaussianMixture:
         logits, z, var, a, s, evals, evecs, means = self._stats(x, t, schedule, cond)
         r = torch.softmax(logits, -1)[..., None]
         x0 = (r * (means[None] + self._unproject(a[:, None, None] * evals[None] * z / var, evecs))).sum(1)
-        eps = append_dims(s, x) * (r * self._unproject(z / var, evecs)).sum(1)  # = -sigma_t * score
+        score = -(r * self._unproject(z / var, evecs)).sum(1)
+        eps = -append_dims(s, x) * score
         t = check_time(t, x)
-        return Prediction(x0=x0, eps=eps, x_t=x, t=t, schedule=schedule)
+        # the exact score rides along as the raw kind: .score and .velocity stay finite at sigma_t = 0
+        return Prediction(x0=x0, eps=eps, x_t=x, t=t, schedule=schedule, kind="score", raw=score)
 
     def eps_t(self, x, t, schedule, cond=None) -> torch.Tensor:
         """E[eps | x_t = x] = -sigma_t grad log p_t(x) (monograph §3.3)."""
