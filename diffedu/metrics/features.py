@@ -9,10 +9,14 @@ distances under two different feature networks are different quantities and cann
 
 Decision (weights): trained at first use rather than shipped, because a shipped file would need
 package-data configuration and would go stale whenever the network changes; the cache file name
-encodes every setting (data set, widths, steps, seed), so a changed setting trains a new net.
+encodes every setting (data set, widths, steps, seed) and a hash of the recipe's source code
+(the network class and the training function), so a changed setting or a changed recipe trains a
+new net. The held-out accuracy is measured again at every load, never read from the file.
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
 from typing import Optional, Tuple
 
@@ -106,6 +110,14 @@ def classifier_accuracy(net: nn.Module, x: torch.Tensor, labels: torch.Tensor) -
     return float((fn.probs(x).argmax(-1) == labels.to(x.device)).double().mean())
 
 
+def _recipe_hash() -> str:
+    """8 hex digits of the source of the network class and of :func:`train_classifier`: part of the cache file name."""
+    h = hashlib.sha256()
+    for obj in (DigitClassifier, train_classifier, _classification_loss):
+        h.update(inspect.getsource(obj).encode())
+    return h.hexdigest()[:8]
+
+
 def _data(dataset: str) -> Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]:
     """(train, held-out) images and labels of a feature data set."""
     if dataset == "mnist":
@@ -122,21 +134,20 @@ def feature_network(dataset: str = "mnist", *, steps: int = 800, seed: int = 0, 
     Loaded from ``directory`` (default :func:`cache_dir`) if trained before with the same
     settings; otherwise trained on the training split with :func:`train_classifier` (about 40 s on
     one CPU core for MNIST), saved atomically (:func:`diffedu.engine.save_checkpoint`) and
-    returned. ``.accuracy`` holds its held-out accuracy (about 0.97-0.98 on MNIST).
+    returned. ``.accuracy`` holds its held-out accuracy, measured on the held-out split at every call
+    (0.969 on MNIST with the defaults, trained on one thread).
     """
     if dataset not in FEATURE_DATASETS:
         raise ValueError(f"dataset: expected one of {FEATURE_DATASETS}, got {dataset!r}")
-    name = f"featnet_{dataset}_w{width}_f{feature_dim}_steps{steps}_seed{seed}.pt"
+    name = f"featnet_{dataset}_w{width}_f{feature_dim}_steps{steps}_seed{seed}_{_recipe_hash()}.pt"
     path = os.path.join(directory or cache_dir(), name)
     (x, y), (xt, yt) = _data(dataset)
     net = DigitClassifier(x.shape[1], 10, width=width, feature_dim=feature_dim)
     if os.path.exists(path) and not retrain:
-        ckpt = load_checkpoint(path, net, map_location="cpu")
-        accuracy = float(ckpt["accuracy"])
+        load_checkpoint(path, net, map_location="cpu")
     else:
         net = train_classifier(x, y, steps=steps, seed=seed, width=width, feature_dim=feature_dim, progress=progress)
-        accuracy = classifier_accuracy(net, xt, yt)
-        save_checkpoint(path, net, step=steps, accuracy=accuracy, dataset=dataset)
+        save_checkpoint(path, net, step=steps, accuracy=classifier_accuracy(net, xt, yt), dataset=dataset)
     out = FeatureNet(net.eval(), name="DigitCNN")
-    out.accuracy = accuracy
+    out.accuracy = classifier_accuracy(out, xt, yt)  # measured, not trusted from the file
     return out

@@ -26,6 +26,31 @@ def test_trained_once_then_reloaded(small_net):
     assert net.accuracy > 0.5  # 60 steps already beat chance (0.1) by far
 
 
+def test_stale_cache_cannot_lie_about_accuracy(small_net):
+    # a cached file whose weights were replaced (a stale or foreign net under the same name) and whose stored
+    # accuracy says 0.99: the accuracy reported is measured again on the held-out split, never read from the file
+    from diffedu.engine import save_checkpoint
+
+    net, d = small_net
+    (name,) = os.listdir(d)
+    torch.manual_seed(123)
+    save_checkpoint(os.path.join(d, name), DigitClassifier(1, 10, width=8, feature_dim=16), step=60, accuracy=0.99)
+    stale = metrics.feature_network("digits", steps=60, width=8, feature_dim=16, directory=str(d))
+    assert stale.accuracy < 0.5 < net.accuracy  # an untrained net is measured as such
+
+
+def test_cache_name_carries_the_recipe_hash(small_net, monkeypatch):
+    # a changed network or training function is another file: the old one is not reused
+    from diffedu.metrics import features
+
+    _, d = small_net
+    (name,) = os.listdir(d)
+    assert name.endswith(f"_{features._recipe_hash()}.pt")
+    monkeypatch.setattr(features, "_recipe_hash", lambda: "0" * 8)  # as if DigitClassifier's code had changed
+    metrics.feature_network("digits", steps=60, width=8, feature_dim=16, directory=str(d))
+    assert sorted(os.listdir(d)) == sorted([name, name[:-11] + "00000000.pt"])  # trained anew, the old file untouched
+
+
 def test_features_shape_probs_and_no_grad(small_net):
     net, _ = small_net
     x = torch.rand(5, 1, 8, 8) * 2 - 1
