@@ -20,7 +20,7 @@ PKG = Path(__file__).resolve().parents[1] / "diffedu"
 FOUNDATION = {"_checks", "schedules", "gaussian", "forward", "param", "sde", "toy", "autodiff"}
 ROOMS = {"objectives", "samplers", "nets", "data", "metrics", "engine"}
 UPPER = {"guidance", "likelihood", "transport", "distill", "baselines"}
-TOP = {"viz", "notebook", "exercises", "__main__"}
+TOP = {"viz", "notebook", "exercises", "__main__", "train_images"}
 LAYER = {**{m: 0 for m in FOUNDATION}, **{m: 1 for m in ROOMS}, **{m: 2 for m in UPPER}, **{m: 3 for m in TOP}}
 PLOTTING = ("matplotlib", "ipywidgets", "IPython")
 
