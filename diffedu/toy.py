@@ -12,6 +12,12 @@ every sampler, loss and likelihood routine can be run against the exact answer.
 
 With ``labels`` (one class per component), the class-conditional p_t(x | c) and
 p_t(c | x) are exact too (monograph §8).
+
+The *flow map* Psi_{s->t} of the PF-ODE dx/dt = u_t(x) (monograph §11.1) has no closed form for a
+mixture, but its velocity has, so :func:`flow_map` integrates it with scipy's adaptive solver at
+tight tolerance: the teacher-free reference of chapter 11, with the exact consistency function
+f(x, t) = Psi_{t->0}(x) (:func:`consistency_function`) and the exact average velocity
+u(x, r, t) = (Psi_{t->r}(x) - x) / (r - t) (:func:`average_velocity`).
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ from diffedu._checks import append_dims, check_data, check_finite, check_generat
 from diffedu.param import Prediction
 from diffedu.schedules import Schedule
 
-__all__ = ["GaussianMixture", "ExactDenoiser", "tilted_log_prob", "sample_tilted", "linear_gaussian_posterior",
+__all__ = ["GaussianMixture", "ExactDenoiser", "flow_map", "consistency_function", "average_velocity", "tilted_log_prob", "sample_tilted", "linear_gaussian_posterior",
            "eight_gaussians", "labelled_mixture", "gaussian",
            "empirical_mixture", "two_moons", "checkerboard", "swiss_roll", "spirals", "DATASETS", "sample_dataset"]
 
@@ -298,6 +304,103 @@ class ExactDenoiser(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t, cond=None) -> Prediction:
         return self.mixture.predict(x_t, t, self.schedule, cond)
+
+
+# --------------------------------------------------- the exact flow map (monograph §11.1)
+def _flow_times(v, x, name):
+    """A scalar or (B,) time in [0, 1] as a float64 (B,) tensor on the CPU."""
+    if torch.is_tensor(v):
+        v = v.detach().to(torch.float64).cpu()
+    return check_time(v, x.detach().to(torch.float64).cpu(), name).to(torch.float64)
+
+
+def _exact_velocity(mixture, schedule, z, tau):
+    """The mixture's PF-ODE velocity, finite at both ends: u = alpha' E[x0|x] + sigma' E[eps|x] (NaN at t = 0 for VP,
+    where sigma'_0 = inf) with f(t) x - g(t)^2/2 score (:func:`diffedu.sde.pf_ode_velocity`; NaN where alpha = 0) as the fallback."""
+    v = mixture.velocity_t(z, tau, schedule)
+    bad = ~torch.isfinite(v)
+    if bad.any():
+        from diffedu.sde import pf_ode_velocity
+
+        v = torch.where(bad, pf_ode_velocity(schedule, z, tau, mixture.score_t(z, tau, schedule)), v)
+    return v
+
+
+def _time_field(mixture, schedule, B, s, span):
+    """dx/dlam = (t - s) u_tau(x) at tau = s + lam (t - s): the PF-ODE on each example's own clock."""
+    def rhs(lam, y):
+        z = torch.from_numpy(y).reshape(B, -1)
+        tau = (s + lam * span).clamp(0.0, 1.0)
+        return (span[:, None] * _exact_velocity(mixture, schedule, z, tau)).reshape(-1).numpy()
+    return rhs
+
+
+def flow_map(mixture: GaussianMixture, schedule: Schedule, x: torch.Tensor, s, t, *,
+             rtol: float = 1e-10, atol: float = 1e-10) -> torch.Tensor:
+    """Psi_{s->t}(x): where the exact PF-ODE dx/dtau = u_tau(x) carries x from time s to time t (monograph §11.1).
+
+    ``s`` and ``t`` are floats or per-example (B,) tensors in [0, 1], either order (s > t runs
+    towards the data, s < t towards the noise; s = t is the identity). Every example is put on
+    its own clock lam in [0, 1], so one ``scipy.integrate.solve_ivp`` (DOP853, float64) solves the
+    whole batch: tau = s + lam (t - s) and dx/dlam = (t - s) u_tau(x), with the exact mixture
+    velocity :meth:`GaussianMixture.velocity_t` (finite at both ends, see ``_exact_velocity``). scipy controls the RMS error over all
+    coordinates, so it is given rtol / sqrt(B) and atol / sqrt(B): each example's error is then
+    below the tolerance asked for. ``x`` is (B, D), or (B, ...) with D entries per example; the
+    output has x's shape, dtype and device. The semigroup Psi_{u->r} o Psi_{t->u} = Psi_{t->r}
+    holds to the tolerance (tests/test_flow_map.py).
+    """
+    from scipy.integrate import solve_ivp
+
+    _check_mixture(mixture, name="mixture")
+    check_schedule(schedule)
+    check_data(x, "x")
+    if x[0].numel() != mixture.dim:
+        raise ValueError(f"x: expected {mixture.dim} entries per example for this {mixture.dim}-D mixture, "
+                         f"got shape {tuple(x.shape)}")
+    rtol, atol = check_positive(rtol, "rtol"), check_positive(atol, "atol")
+    s, t = _flow_times(s, x, "s"), _flow_times(t, x, "t")
+    B = x.shape[0]
+    y0 = x.detach().to(device="cpu", dtype=torch.float64).reshape(B, -1)
+    span = t - s
+    if not (span != 0).any():
+        return x.clone()
+
+    rhs = _time_field(mixture, schedule, B, s, span)
+    per_example = math.sqrt(B)
+    sol = solve_ivp(rhs, (0.0, 1.0), y0.reshape(-1).numpy(), method="DOP853", rtol=rtol / per_example,
+                    atol=atol / per_example)
+    if not sol.success:
+        raise RuntimeError(f"flow_map: the ODE solver failed ({sol.message})")
+    out = torch.from_numpy(sol.y[:, -1]).reshape(x.shape)
+    return out.to(device=x.device, dtype=x.dtype)
+
+
+def consistency_function(mixture: GaussianMixture, schedule: Schedule, x: torch.Tensor, t, **tol) -> torch.Tensor:
+    """The exact consistency function f(x, t) = Psi_{t->0}(x): the data point the PF-ODE ends at (monograph §11.2).
+
+    f(x, 0) = x (the boundary condition) and f(Psi_{s->t}(x), t) = f(x, s) for all s, t (the
+    self-consistency a consistency model is trained to satisfy). ``tol``: ``rtol``, ``atol`` of :func:`flow_map`.
+    """
+    return flow_map(mixture, schedule, x, t, 0.0, **tol)
+
+
+def average_velocity(mixture: GaussianMixture, schedule: Schedule, x: torch.Tensor, r, t, **tol) -> torch.Tensor:
+    """The exact average velocity u(x, r, t) = (Psi_{t->r}(x) - x) / (r - t) of MeanFlow (monograph §11.5).
+
+    The mean of the PF-ODE velocity along the exact trajectory from (x, t) to time r, so that
+    one step x_r = x - (t - r) u(x, r, t) lands on Psi_{t->r}(x) exactly. Where r = t it is the
+    instantaneous velocity u_t(x) (:meth:`GaussianMixture.velocity_t`), the limit. ``r``, ``t``:
+    floats or (B,) tensors; ``tol``: ``rtol``, ``atol`` of :func:`flow_map`.
+    """
+    check_data(x, "x")
+    r, t = _flow_times(r, x, "r"), _flow_times(t, x, "t")
+    jump = flow_map(mixture, schedule, x, t, r, **tol)
+    xd = x.detach().to(device="cpu", dtype=torch.float64)
+    gap = append_dims(r - t, xd)
+    same = append_dims(r == t, xd)
+    v = _exact_velocity(mixture, schedule, xd.reshape(len(xd), -1), t).reshape(x.shape)
+    out = torch.where(same, v, (jump.to(device="cpu", dtype=torch.float64) - xd) / torch.where(same, torch.ones_like(gap), gap))
+    return out.to(device=x.device, dtype=x.dtype)
 
 
 # --------------------------------------------------- exact answers for guidance (monograph §8)

@@ -15,7 +15,37 @@ student to do in one evaluation what the teacher does in many (monograph §10.1)
 Every student keeps the model contract ``model(x_t, t, cond) -> Prediction`` with
 ``model.schedule``, so every sampler of :mod:`diffedu.samplers` accepts it, for (B, 2) points and
 (B, C, H, W) images alike.
+
+Chapter 11 learns fast generators from scratch, checked against the exact flow map of
+:func:`diffedu.toy.flow_map` (monograph §11):
+
+* :mod:`~diffedu.distill.consistency` -- consistency models: f(x, t) = Psi_{t->0}(x) with the
+  boundary condition built in, consistency distillation and training, multistep sampling
+  (Song et al. 2023; Song & Dhariwal 2023; §11.2);
+* :mod:`~diffedu.distill.ctm` -- consistency trajectory models: G(x_t, t, s) for any jump,
+  soft consistency plus DSM, gamma-sampling (Kim et al. 2024; §11.4);
+* :mod:`~diffedu.distill.scm` -- continuous-time consistency (sCM): TrigFlow, the tangent df/dt by
+  ``torch.func.jvp``, tangent normalisation and warm-up, adaptive weighting (Lu & Song 2024; §11.3);
+* :mod:`~diffedu.distill.meanflow` -- MeanFlow: a network u(x, r, t) of the average velocity trained on
+  the identity u = v - (t - r) du/dt, one- and few-step jumps (Geng et al. 2025; §11.5).
 """
+from diffedu.distill.consistency import (
+    CM_WEIGHTINGS,
+    DISTANCES,
+    ConsistencyModel,
+    ExactConsistency,
+    boundary_coefficients,
+    cd_loss,
+    consistency_distance,
+    consistency_grid,
+    ct_curriculum,
+    ct_loss,
+    pseudo_huber,
+    sample_consistency,
+    teacher_step,
+    train_consistency,
+)
+from diffedu.distill.ctm import CTM, ExactCTM, PairMLP, ctm_loss, jump_coefficients, sample_gamma
 from diffedu.distill.dmd import (
     DMD_WEIGHTINGS,
     DMDPair,
@@ -34,6 +64,18 @@ from diffedu.distill.guided import (
     guided_loss,
     sample_guided_cond,
 )
+from diffedu.distill.meanflow import (
+    MeanFlow,
+    TwoTimeNet,
+    adaptive_weight,
+    check_meanflow_schedule,
+    meanflow_loss,
+    meanflow_target,
+    sample_meanflow,
+    sample_meanflow_times,
+    total_derivative,
+    train_meanflow,
+)
 from diffedu.distill.progressive import (
     PD_WEIGHTINGS,
     Round,
@@ -44,8 +86,56 @@ from diffedu.distill.progressive import (
     progressive_distillation,
     student_grid,
 )
+from diffedu.distill.scm import (
+    SCM,
+    TrigFlow,
+    consistency_tangent,
+    sample_scm_times,
+    scm_loss,
+    scm_target,
+    tangent_warmup,
+    train_scm,
+)
 
 __all__ = [
+    "CM_WEIGHTINGS",
+    "CTM",
+    "ConsistencyModel",
+    "DISTANCES",
+    "ExactCTM",
+    "ExactConsistency",
+    "PairMLP",
+    "boundary_coefficients",
+    "cd_loss",
+    "consistency_distance",
+    "consistency_grid",
+    "ct_curriculum",
+    "ct_loss",
+    "ctm_loss",
+    "jump_coefficients",
+    "pseudo_huber",
+    "sample_consistency",
+    "sample_gamma",
+    "teacher_step",
+    "train_consistency",
+    "MeanFlow",
+    "TwoTimeNet",
+    "adaptive_weight",
+    "check_meanflow_schedule",
+    "meanflow_loss",
+    "meanflow_target",
+    "sample_meanflow",
+    "sample_meanflow_times",
+    "total_derivative",
+    "train_meanflow",
+    "SCM",
+    "TrigFlow",
+    "consistency_tangent",
+    "sample_scm_times",
+    "scm_loss",
+    "scm_target",
+    "tangent_warmup",
+    "train_scm",
     "DMD_WEIGHTINGS",
     "DMDPair",
     "DMDResult",
