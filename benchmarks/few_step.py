@@ -88,15 +88,6 @@ def times(n, t_max=1.0):
 
 
 # ------------------------------------------------------------------------------------- training
-def substeps(teacher, k):
-    """The teacher's ODE step t -> s (per-example times) as k DDIM steps of the exact denoiser."""
-    def step(x, t, s):
-        for i in range(k):
-            x = distill.ddim_step(teacher, x, t + (s - t) * i / k, t + (s - t) * (i + 1) / k)
-        return x
-    return step
-
-
 def _fit(model, loss_fn, mix, b, seed):
     res = fit(model, loss_fn, data.sample_stream(mix, b["batch"], generator=seed + 100), steps=b["steps"], lr=b["lr"],
               seed=seed, progress=False, ema_decay=0.999)
@@ -127,7 +118,7 @@ def train(method, mix, b, seed):
     if method == "CTM":
         model = distill.CTM(distill.PairMLP(2, 256, 4, 32), RF, sigma_data=sd)
         grid = distill.consistency_grid(RF, 18)
-        return _fit(model, lambda m, x, g: distill.ctm_loss(m, x, grid, teacher=substeps(exact, 4), generator=g), mix, b, seed)
+        return _fit(model, lambda m, x, g: distill.ctm_loss(m, x, grid, teacher=distill.teacher_step(exact, substeps=4), generator=g), mix, b, seed)
     if method == "MeanFlow":
         model = distill.MeanFlow(distill.TwoTimeNet(nets.MLP(2 + 32, 256, 4, time_dim=32, out_dim=2), emb_dim=32), RF)
         return _fit(model, lambda m, x, g: distill.meanflow_loss(m, x, ratio=0.25, generator=g), mix, b, seed)

@@ -169,16 +169,23 @@ def consistency_distance(a: torch.Tensor, b: torch.Tensor, distance: str = "pseu
     return pseudo_huber(a - b)
 
 
-def teacher_step(teacher) -> Callable:
+def teacher_step(teacher, substeps: int = 1) -> Callable:
     """One ODE step ``step(x, t, s)`` from time t to s < t of a teacher (monograph §11.2): the exact flow map
-    :func:`diffedu.toy.flow_map` for a :class:`~diffedu.toy.GaussianMixture` (pass ``(mixture, schedule)``), one DDIM
-    step (:func:`diffedu.distill.progressive.ddim_step`) for a model, or a callable ``step(x, t, s)`` as it is."""
+    :func:`diffedu.toy.flow_map` for a :class:`~diffedu.toy.GaussianMixture` (pass ``(mixture, schedule)``),
+    ``substeps`` DDIM steps (:func:`diffedu.distill.progressive.ddim_step`, equal in t) for a model — CTM's long
+    jumps want more than one — or a callable ``step(x, t, s)`` as it is."""
+    substeps = check_int(substeps, "substeps", 1)
     if isinstance(teacher, tuple) and len(teacher) == 2 and isinstance(teacher[0], GaussianMixture):
         mix, sch = teacher[0], check_schedule(teacher[1], "teacher[1]")
         return lambda x, t, s: flow_map(mix, sch, x, t, s)
     if isinstance(getattr(teacher, "schedule", None), Schedule):
         check_model(teacher, "teacher")
-        return lambda x, t, s: ddim_step(teacher, x, t, s)
+
+        def step(x, t, s):
+            for i in range(substeps):
+                x = ddim_step(teacher, x, t + (s - t) * (i / substeps), t + (s - t) * ((i + 1) / substeps))
+            return x
+        return step
     return check_callable(teacher, "teacher", "a model, a (GaussianMixture, Schedule) pair or a step(x, t, s)")
 
 

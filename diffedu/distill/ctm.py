@@ -134,14 +134,18 @@ class ExactCTM(nn.Module):
         return self.mixture.predict(x_t, t, self.schedule)
 
 
-def _ctm_indices(n_grid, B, generator, device):
-    """Per-example grid indices i < j <= k on a decreasing grid of n_grid times: t = ts[i], u = ts[j], s = ts[k]."""
+def _ctm_indices(n_grid, B, generator, device, local: bool = False):
+    """Per-example grid indices i < j <= k on a decreasing grid of n_grid times: t = ts[i], u = ts[j], s = ts[k].
+
+    ``local``: j = i + 1, u the neighbour of t (the only u for which the pair x_u = alpha_u x0 + sigma_u eps approximates
+    the ODE step from x_t; further away it is a step along the *conditional* path, a different trajectory).
+    """
     gdev = generator.device if generator is not None else device
     u = lambda: torch.rand(B, generator=generator, device=gdev, dtype=torch.float64).to(device)  # noqa: E731
     i = (u() * (n_grid - 1)).long().clamp_max(n_grid - 2)
     k = i + 1 + (u() * (n_grid - 1 - i)).long().clamp_max(n_grid - 2 - i)
     j = i + 1 + (u() * (k - i)).long().clamp_max(k - i - 1)
-    return i, j, k
+    return i, (i + 1 if local else j), k
 
 
 def ctm_loss(model: CTM, x0: torch.Tensor, ts, *, teacher=None, dsm_weight: float = 1.0, cond=None,
@@ -150,8 +154,10 @@ def ctm_loss(model: CTM, x0: torch.Tensor, ts, *, teacher=None, dsm_weight: floa
 
     Per example: grid indices i < j <= k of the decreasing grid ``ts`` (t = ts[i] > u = ts[j] >= s = ts[k]),
     x_t = alpha_t x0 + sigma_t eps, the teacher's step x^_u = step(x_t, t, u) (:func:`~diffedu.distill.consistency.teacher_step`:
-    the exact flow map or DDIM of a model; ``teacher=None``: the pair x^_u = alpha_u x0 + sigma_u eps, as in consistency
-    training), then d(G_sg(G(x_t, t, s), s, 0), G_sg(G_sg(x^_u, u, s), s, 0)) + dsm_weight ||g(x_t, t, t) - x0||^2 / D.
+    the exact flow map or DDIM of a model, or ``teacher_step(model, substeps=k)`` for k DDIM steps over a long jump;
+    ``teacher=None``: the pair x^_u = alpha_u x0 + sigma_u eps with u = ts[i + 1] the neighbour of t, as in consistency
+    training — the pair follows the conditional path, which approximates the ODE step only over one grid interval),
+    then d(G_sg(G(x_t, t, s), s, 0), G_sg(G_sg(x^_u, u, s), s, 0)) + dsm_weight ||g(x_t, t, t) - x0||^2 / D.
     The stop-gradient copy is the model itself under no_grad.
     """
     check_model(model)
@@ -159,7 +165,7 @@ def ctm_loss(model: CTM, x0: torch.Tensor, ts, *, teacher=None, dsm_weight: floa
     check_generator(generator)
     dsm_weight = check_positive(dsm_weight, "dsm_weight", strict=False)
     grid = check_grid(ts).to(device=x0.device, dtype=x0.dtype)
-    i, j, k = _ctm_indices(len(grid), len(x0), generator, x0.device)
+    i, j, k = _ctm_indices(len(grid), len(x0), generator, x0.device, local=teacher is None)
     t, u, s = grid[i], grid[j], grid[k]
     eps = torch.randn(x0.shape, generator=generator, device=generator.device if generator else x0.device).to(x0)
     sch = model.schedule

@@ -8,7 +8,7 @@ is wrong.
 =========  ===============================  ==================================================
 exercise   reader writes                    reference
 =========  ===============================  ==================================================
-11.1       ``boundary_coefficients``        c_skip(t), c_out(t) with f(x, 0) = x (§11.2)
+11.1       ``boundary_coefficients``        (c_skip(t), c_out(t)) stacked, f(x, 0) = x (§11.2)
 11.2       ``meanflow_target``              the MeanFlow target v - (t - r) du/dt (§11.5)
 11.3       ``multistep_consistency``        multistep consistency sampling on a grid (§11.2)
 =========  ===============================  ==================================================
@@ -34,7 +34,7 @@ def boundary_coefficients(t, schedule, sigma_data):
     Song et al. (2023)'s coefficients for x_t = alpha_t x0 + sigma_t eps, with n_t = sigma_t - alpha_t sigma_0 the
     noise added since t = 0 (alpha_0 = 1): c_skip = alpha_t sigma_d^2 / (alpha_t^2 sigma_d^2 + n_t^2),
     c_out = sigma_d n_t / sqrt(alpha_t^2 sigma_d^2 + sigma_t^2); so c_skip(0) = 1, c_out(0) = 0 and f(x, 0) = x.
-    A reader may return the tuple (c_skip, c_out). t: (B,).
+    t: (B,).
     """
     a, s = schedule.alpha(t), schedule.sigma(t)
     n = s - a * schedule.sigma(torch.zeros_like(t))
@@ -79,19 +79,9 @@ def _toy_consistency(x, t):
     return (1 - t) * x + t * torch.tanh(x + 0.5 * t)
 
 
-def _stacked(fn):
-    """The reader's (c_skip, c_out) as one (2, B) tensor (a tuple or list is stacked; anything else is passed on)."""
-    def wrapped(*args):
-        out = fn(*args)
-        if isinstance(out, (tuple, list)) and len(out) == 2 and all(torch.is_tensor(o) for o in out):
-            return torch.stack([torch.as_tensor(o).expand_as(args[0]) for o in out])
-        return out
-    return wrapped
-
-
 # ----------------------------------------------------------------------------- checkers
 def check_boundary_coefficients(fn: Callable) -> CheckResult:
-    """Exercise 11.1: boundary_coefficients(t, schedule, sigma_data) -> (c_skip, c_out), each (B,) (or stacked (2, B))."""
+    """Exercise 11.1: boundary_coefficients(t, schedule, sigma_data) -> torch.stack([c_skip, c_out]), shape (2, B)."""
     g = seeded(1101)
     cases = []
     for name, sched in _SCHEDULES:
@@ -100,7 +90,7 @@ def check_boundary_coefficients(fn: Callable) -> CheckResult:
                 t = (tv + 0.05 * torch.rand(8, generator=g, dtype=torch.float64)) if tv else torch.zeros(8, dtype=torch.float64)
                 label = f"{name} schedule, sigma_data = {sd}, t ~ {tv}" + (" (the boundary: need c_skip = 1, c_out = 0)" if tv == 0 else "")
                 cases.append(Case((t, sched, sd), label=label, t=tv))
-    return check("11.1", _stacked(fn), boundary_coefficients, cases, rtol=1e-6, atol=1e-9)
+    return check("11.1", fn, boundary_coefficients, cases, rtol=1e-6, atol=1e-9)
 
 
 def check_meanflow_target(fn: Callable) -> CheckResult:

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffedu import schedules as S, toy
+from diffedu import distill, schedules as S, toy
 from diffedu.data import batches
 from diffedu.distill import consistency as C, ctm as T
 from diffedu.engine import fit
@@ -117,3 +117,27 @@ def test_short_ctm_training_approaches_the_exact_flow_map(one_thread):
               steps=300, lr=2e-3, seed=0, progress=False)
     after = error(res.ema_model)
     assert after < 0.9 * before, (before, after)  # 300 steps: ~0.87 -> ~0.71 on this machine
+
+
+def test_indices_are_ordered_and_local_pairs_are_neighbours():
+    g = torch.Generator().manual_seed(0)
+    i, j, k = T._ctm_indices(12, 4000, g, "cpu")
+    assert (i < j).all() and (j <= k).all() and (k <= 11).all() and (j > i + 1).any()  # u anywhere in (t, s]
+    i, j, k = T._ctm_indices(12, 4000, g, "cpu", local=True)
+    assert (j == i + 1).all() and (j <= k).all()  # without a teacher: u is t's neighbour
+
+
+def test_teacher_substeps_are_ddim_steps_equal_in_t():
+    sch, mix = S.VPLinear(), toy.eight_gaussians(radius=2.0)
+    exact = mix.denoiser(sch)
+    x = torch.randn(16, 2, dtype=torch.float64)
+    t, s = torch.full((16,), 0.9, dtype=torch.float64), torch.full((16,), 0.1, dtype=torch.float64)
+    one, four = C.teacher_step(exact)(x, t, s), C.teacher_step(exact, substeps=4)(x, t, s)
+    by_hand = x
+    for a, b in ((0.9, 0.7), (0.7, 0.5), (0.5, 0.3), (0.3, 0.1)):
+        by_hand = distill.ddim_step(exact, by_hand, torch.full_like(t, a), torch.full_like(t, b))
+    torch.testing.assert_close(four, by_hand)
+    ref = toy.flow_map(mix, sch, x, t, s)
+    assert (four - ref).norm(dim=1).mean() < 0.5 * (one - ref).norm(dim=1).mean()  # more substeps, closer to the map
+    with pytest.raises(ValueError, match="^substeps"):
+        C.teacher_step(exact, substeps=0)
