@@ -8,7 +8,8 @@ The loop is monograph §6.1's — draw x_0, let the loss draw t and eps, regress
 EMA — run on every rank by :func:`diffedu.engine.distributed.fit_distributed`, with gradients
 averaged by DistributedDataParallel. The objectives are the book's: DDPM-style eps / x0 / v
 prediction on a cosine VP schedule (§2.2, §6.1, Table 6.1), conditional flow matching on the
-straight path (§5.3), EDM (appendix D.6). At the end every rank samples its share, the shares are
+straight path (§5.3), EDM (appendix D.6) and MeanFlow (§11.5: its loss takes a forward-mode JVP
+through the DDP-wrapped network). At the end every rank samples its share, the shares are
 gathered, and rank 0 computes the Fréchet distance and KID on the data set's own feature
 network (the image chapter's metrics) and writes a sample grid (PNG) and the checkpoint.
 
@@ -32,10 +33,11 @@ from torch import nn
 __all__ = ["TrainConfig", "ConfigError", "OBJECTIVES", "NETS", "DATASETS", "PRECISIONS", "load_toml", "build_parser",
            "parse_config", "validate", "load_data", "build_model", "make_loss", "make_sampler", "train", "main"]
 
-OBJECTIVES = ("eps", "x0", "v", "flow", "edm")
+OBJECTIVES = ("eps", "x0", "v", "flow", "edm", "meanflow")
 NETS = ("unet", "mlp")
 DATASETS = ("digits", "mnist", "torchvision-mnist", "torchvision-fashion_mnist", "torchvision-cifar10")
 PRECISIONS = ("fp32", "bf16", "fp16")
+MEANFLOW_EMB = 16  # size of the sinusoidal embedding of t - r (distill.TwoTimeNet)
 
 
 class ConfigError(ValueError):
@@ -57,7 +59,8 @@ class TrainConfig:
     image_size: int = _opt(8, "digits only: resize the 8x8 digits to this size (16 or 32 give the U-Net more levels)")
     objective: str = _opt("v", "what the network learns: eps / x0 / v prediction on the cosine VP schedule "
                           "(DDPM-style, monograph §2.2, Table 6.1), flow (conditional flow matching on the straight "
-                          "path, §5.3) or edm (EDM preconditioning, weighting and noise levels, appendix D.6)",
+                          "path, §5.3), edm (EDM preconditioning, weighting and noise levels, appendix D.6) or "
+                          "meanflow (the average velocity u(x, r, t) on the straight path, a few-step generator, §11.5)",
                           choices=OBJECTIVES)
     model: str = _opt("unet", "network: unet (small U-Net) or mlp (fully connected on the flattened image)", choices=NETS)
     width: int = _opt(32, "U-Net base channels / MLP hidden units")
@@ -79,7 +82,8 @@ class TrainConfig:
     log_every: int = _opt(100, "show the global mean loss (and check it is finite) every this many steps")
     progress: bool = _opt(True, "show a progress bar on rank 0")
     timeout: float = _opt(300.0, "seconds any collective may wait for the other ranks before every rank fails")
-    sample_steps: int = _opt(32, "sampler steps at the end (DPM-Solver++(2M), Euler for flow, Heun for EDM)")
+    sample_steps: int = _opt(32, "sampler steps at the end (DPM-Solver++(2M), Euler for flow, Heun for EDM; "
+                             "for meanflow the number of jumps, 1 = one-step generation)")
     eval_samples: int = _opt(500, "samples drawn at the end, shared out over the ranks and gathered (0: none)")
     metrics: bool = _opt(True, "compute FD and KID on the feature network of digits / mnist (rank 0)")
     feature_steps: int = _opt(800, "training steps of the feature network when it is not cached yet")
@@ -220,17 +224,19 @@ def load_data(cfg: TrainConfig, info) -> Tuple[torch.Tensor, torch.Tensor, Optio
 
 
 class FlatNet(nn.Module):
-    """An MLP on flattened images, shaped like an image network: ``net(x (B, C, H, W), t) -> (B, C, H, W)``."""
+    """An MLP on flattened images, shaped like an image network: ``net(x (B, C_in, H, W), t) -> (B, C_out, H, W)``."""
 
-    def __init__(self, shape: Sequence[int], hidden: int, depth: int):
+    def __init__(self, shape: Sequence[int], hidden: int, depth: int, out_channels: Optional[int] = None):
         super().__init__()
         from diffedu import nets
 
         self.shape = tuple(shape)
-        self.mlp = nets.MLP(dim=int(torch.Size(self.shape).numel()), hidden=hidden, depth=depth)
+        self.out_shape = self.shape if out_channels is None else (out_channels, *self.shape[1:])
+        self.mlp = nets.MLP(dim=int(torch.Size(self.shape).numel()), hidden=hidden, depth=depth,
+                            out_dim=int(torch.Size(self.out_shape).numel()))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        return self.mlp(x.flatten(1), t).view_as(x)
+        return self.mlp(x.flatten(1), t).view(len(x), *self.out_shape)
 
 
 def build_model(cfg: TrainConfig, shape: Sequence[int]) -> nn.Module:
@@ -238,12 +244,18 @@ def build_model(cfg: TrainConfig, shape: Sequence[int]) -> nn.Module:
     from diffedu import nets, param, schedules
     from diffedu.objectives import EDMDenoiser
 
+    from diffedu.distill import MeanFlow, TwoTimeNet
+
     torch.manual_seed(cfg.seed)
+    gap = MEANFLOW_EMB if cfg.objective == "meanflow" else 0  # MeanFlow: t - r enters as extra input channels
+    c_in = shape[0] + gap
     if cfg.model == "unet":
-        net = nets.UNet(in_channels=shape[0], base=cfg.width, channel_mults=tuple(2 ** i for i in range(cfg.depth)),
-                        dropout=cfg.dropout)
+        net = nets.UNet(in_channels=c_in, base=cfg.width, channel_mults=tuple(2 ** i for i in range(cfg.depth)),
+                        dropout=cfg.dropout, out_channels=shape[0])
     else:
-        net = FlatNet(shape, cfg.width, cfg.depth)
+        net = FlatNet((c_in, *shape[1:]), cfg.width, cfg.depth, out_channels=shape[0])
+    if cfg.objective == "meanflow":
+        return MeanFlow(TwoTimeNet(net, MEANFLOW_EMB), schedules.RectifiedFlow())
     if cfg.objective == "flow":
         return param.Denoiser(net, schedules.RectifiedFlow(), "velocity")
     if cfg.objective == "edm":
@@ -252,8 +264,13 @@ def build_model(cfg: TrainConfig, shape: Sequence[int]) -> nn.Module:
 
 
 def make_loss(cfg: TrainConfig, model: nn.Module) -> Callable:
-    """``loss_fn(model, x0, generator) -> (B,)``: L_simple in eps / x0 / v (§2.2, §6.2), conditional FM (§5.3) or EDM (D.6)."""
+    """``loss_fn(model, x0, generator) -> (B,)``: L_simple in eps / x0 / v (§2.2, §6.2), conditional FM (§5.3), EDM (D.6)
+    or MeanFlow (§11.5)."""
+    from diffedu.distill import meanflow_loss
     from diffedu.objectives import conditional_fm_loss, denoising_loss, edm_time_sampler, edm_weight
+
+    if cfg.objective == "meanflow":  # ``model`` is the plain one: its JVP gives du/dt, the DDP view the gradient
+        return lambda m, x0, g: meanflow_loss(m, x0, generator=g, tangent_model=model)
 
     if cfg.objective == "flow":
         return lambda m, x0, g: conditional_fm_loss(m, x0, generator=g)
@@ -264,11 +281,15 @@ def make_loss(cfg: TrainConfig, model: nn.Module) -> Callable:
 
 
 def make_sampler(cfg: TrainConfig, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``sample(eps) -> x0``: integrate the PF-ODE from noise (t = 1) to data with the objective's usual solver (§9)."""
+    """``sample(eps) -> x0``: integrate the PF-ODE from noise (t = 1) to data with the objective's usual solver (§9);
+    MeanFlow jumps ``sample_steps`` times along its learned flow map (§11.5)."""
     from diffedu import samplers
+    from diffedu.distill import sample_meanflow
 
     sch = model.schedule
-    if cfg.objective == "flow":
+    if cfg.objective == "meanflow":
+        ts, solve = samplers.grid_uniform(cfg.sample_steps), sample_meanflow
+    elif cfg.objective == "flow":
         ts, solve = samplers.grid_uniform(cfg.sample_steps), samplers.sample_euler
     elif cfg.objective == "edm":
         ts, solve = samplers.grid_karras(sch, cfg.sample_steps), samplers.sample_heun

@@ -177,16 +177,24 @@ def adaptive_weight(sq: torch.Tensor, p: float = 1.0, c: float = 1e-3) -> torch.
 
 def meanflow_loss(model: MeanFlow, x0: torch.Tensor, *, r=None, t=None, eps: Optional[torch.Tensor] = None,
                   cond=None, ratio: float = 0.25, loc: float = -0.4, scale: float = 1.0, p: float = 1.0,
-                  c: float = 1e-3, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                  c: float = 1e-3, generator: Optional[torch.Generator] = None,
+                  tangent_model: Optional[MeanFlow] = None) -> torch.Tensor:
     """Per-example MeanFlow loss w ||u_theta(x_t, r, t) - sg[v - (t - r) du_theta/dt]||^2 / D, shape (B,) (monograph §11.5).
 
     x_t = alpha_t x0 + sigma_t eps and v = alpha'_t x0 + sigma'_t eps (the conditional velocity); (r, t) from
     :func:`sample_meanflow_times` unless given; du/dt by :func:`total_derivative`; w = :func:`adaptive_weight`
     of the per-example mean square (p = 0: none). At r = t with p = 0 this is exactly the conditional
     flow-matching loss :func:`diffedu.objectives.conditional_fm_loss` of the velocity u_theta(x, t, t).
+
+    ``tangent_model``: the same network without a DistributedDataParallel wrapper (e.g. the plain model of
+    :func:`diffedu.engine.distributed.wrap_model`). Function transforms cannot run through DDP, so du/dt — a
+    detached target anyway — is then computed with it, and u, which carries the gradient, by a plain forward of
+    ``model``; the loss and its gradient are the same.
     """
     if not isinstance(model, MeanFlow):
         raise TypeError(f"model: expected a diffedu.distill.MeanFlow, got {type(model).__name__}")
+    if tangent_model is not None and not isinstance(tangent_model, MeanFlow):
+        raise TypeError(f"tangent_model: expected a diffedu.distill.MeanFlow or None, got {type(tangent_model).__name__}")
     check_data(x0, "x0")
     check_generator(generator)
     B, sch = x0.shape[0], model.schedule
@@ -204,7 +212,12 @@ def meanflow_loss(model: MeanFlow, x0: torch.Tensor, *, r=None, t=None, eps: Opt
     check_like(eps, x0, "eps", "x0")
     a, s, da, ds = (append_dims(k.to(x0.dtype), x0) for k in sch.coefficients(t))
     x_t, v = a * x0 + s * eps, da * x0 + ds * eps
-    u, dudt = total_derivative(lambda x, rr, tt: model.average_velocity(x, rr, tt, cond), x_t, r, t, v)
+    if tangent_model is None:
+        u, dudt = total_derivative(lambda x, rr, tt: model.average_velocity(x, rr, tt, cond), x_t, r, t, v)
+    else:
+        with torch.no_grad():
+            _, dudt = total_derivative(lambda x, rr, tt: tangent_model.average_velocity(x, rr, tt, cond), x_t, r, t, v)
+        u = model.average_velocity(x_t, r, t, cond)
     sq = (u - meanflow_target(v, dudt, t, r)).pow(2).reshape(B, -1).mean(1)
     return (adaptive_weight(sq, p, c) * sq) if p else sq
 

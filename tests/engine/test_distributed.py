@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from diffedu import nets, param, schedules
+from diffedu import distill, nets, param, schedules
 from diffedu.engine import EMA, TrainState
 from diffedu.engine import distributed as D
 from diffedu.objectives import denoising_loss
@@ -40,21 +40,29 @@ def _spawn(fn, world: int, *args) -> None:
 
 
 # ----------------------------------------------------------------------------- shared pieces
-def _model(kind: str) -> param.Denoiser:
+def _model(kind: str) -> torch.nn.Module:
     torch.manual_seed(0)
+    if kind == "meanflow":  # its loss differentiates the network forward (torch.func.jvp) through the DDP wrapper
+        base = nets.UNet(in_channels=1 + 4, base=8, channel_mults=(1, 2), out_channels=1)
+        return distill.MeanFlow(distill.TwoTimeNet(base, 4), schedules.RectifiedFlow())
     net = nets.MLP(dim=4, hidden=32, depth=2) if kind == "mlp" else nets.UNet(in_channels=1, base=8, channel_mults=(1, 2))
     return param.Denoiser(net, schedules.VPCosine(), "eps")
 
 
-def _fixed_problem(kind: str, n: int = 16):
-    """Data with a fixed t and eps per example, so one process and W processes see the same loss terms."""
+def _fixed_problem(kind: str, n: int = 16, plain=None):
+    """Data with a fixed t and eps per example, so one process and W processes see the same loss terms.
+
+    ``plain``: the model without its DDP wrapper, for MeanFlow's tangent (None: the model the loss is given)."""
     g = torch.Generator().manual_seed(1)
     shape = (n, 4) if kind == "mlp" else (n, 1, 8, 8)
     x, eps = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
     t = torch.rand(n, generator=g) * 0.9 + 0.05
+    r = t * torch.rand(n, generator=g)
 
     def loss(model, batch, generator):
         xb, idx = batch
+        if kind == "meanflow":  # the tangent from the plain module: function transforms cannot run through DDP
+            return distill.meanflow_loss(model, xb, r=r[idx], t=t[idx], eps=eps[idx], tangent_model=plain)
         return denoising_loss(model, xb, t=t[idx], eps=eps[idx])
 
     return x, loss
@@ -73,7 +81,7 @@ def _sgd_steps(kind: str, info: D.DistInfo, steps: int = 3, batch: int = 8) -> d
     model = _model(kind)
     state = TrainState(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
     state.forward_model = D.wrap_model(model, info)
-    x, loss = _fixed_problem(kind)
+    x, loss = _fixed_problem(kind, plain=model if info.initialized else None)
     batches = D.ShardedBatches(x, batch, info, seed=3, labels=torch.arange(len(x)))
     D.fit_distributed(state, loss, batches, steps, info, grad_clip=1.0, progress=False)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -135,7 +143,7 @@ def _checkpoint_probe(info: D.DistInfo, path: str) -> dict:
 
 def _bundle_worker(rank, world, port, out):
     info = _join(rank, world, port)
-    res = {"mlp": _sgd_steps("mlp", info), "unet": _sgd_steps("unet", info)}
+    res = {kind: _sgd_steps(kind, info) for kind in ("mlp", "unet", "meanflow")}
     res["gather_index"] = D.gather_samples(lambda a, b: torch.arange(a, b), 7, info)
     g = D.rank_generator(0, info, stream=9)
     res["gather_noise"] = D.gather_samples(lambda a, b: torch.randn(b - a, 1, 8, 8, generator=g), 5, info)
@@ -172,7 +180,7 @@ def bundle(tmp_path_factory):
     return [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=False) for r in range(2)]
 
 
-@pytest.mark.parametrize("kind", ["mlp", "unet"])
+@pytest.mark.parametrize("kind", ["mlp", "unet", "meanflow"])
 def test_a_ddp_step_on_two_processes_equals_one_process_with_the_global_batch(bundle, kind):
     ref = _sgd_steps(kind, D.DistInfo())
     start = {k: v for k, v in _model(kind).state_dict().items()}
