@@ -6,12 +6,7 @@ from diffedu import guidance, metrics, schedules, toy
 from diffedu.samplers import ode
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the conftest fixture: tiny oracles run fastest on one thread
 
 
 def _setup(batch=64):

@@ -12,12 +12,7 @@ from diffedu.samplers import ode
 from diffedu.samplers.grids import Grid, grid_ddpm, grid_karras, grid_log_snr, grid_power, grid_uniform
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the oracle is tiny; thread oversubscription only slows it down
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the conftest fixture: tiny oracles run fastest on one thread
 
 
 def _problem():

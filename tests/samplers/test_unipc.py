@@ -11,21 +11,10 @@ from diffedu.param import Prediction
 from diffedu.samplers import ode, unipc
 from diffedu.samplers.adaptive import error_density, grid_adaptive, grid_from_density
 from diffedu.samplers.grids import Grid, grid_karras, grid_log_snr, grid_power, grid_uniform
+from test_ode import _problem  # the same two-Gaussian problem as the other solvers' order tests
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _problem():
-    mix = toy.GaussianMixture([[-1.0, 0.0], [1.0, 0.5]], stds=[1.0, 0.8])
-    sch = schedules.VPLinear()
-    x1 = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    return mix.denoiser(sch), sch, x1
+pytestmark = pytest.mark.usefixtures("one_thread")  # the conftest fixture: tiny oracles run fastest on one thread
 
 
 @pytest.fixture(scope="module")
