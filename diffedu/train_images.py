@@ -8,8 +8,8 @@ The loop is monograph §6.1's — draw x_0, let the loss draw t and eps, regress
 EMA — run on every rank by :func:`diffedu.engine.distributed.fit_distributed`, with gradients
 averaged by DistributedDataParallel. The objectives are the book's: DDPM-style eps / x0 / v
 prediction on a cosine VP schedule (§2.2, §6.1, Table 6.1), conditional flow matching on the
-straight path (§5.3), EDM (appendix D.6) and MeanFlow (§11.5: its loss takes a forward-mode JVP
-through the DDP-wrapped network). At the end every rank samples its share, the shares are
+straight path (§5.3), EDM (appendix D.6), consistency training (§11.2) and MeanFlow (§11.5: its
+loss takes a forward-mode JVP, from the plain network). At the end every rank samples its share, the shares are
 gathered, and rank 0 computes the Fréchet distance and KID on the data set's own feature
 network (the image chapter's metrics) and writes a sample grid (PNG) and the checkpoint.
 
@@ -33,7 +33,7 @@ from torch import nn
 __all__ = ["TrainConfig", "ConfigError", "OBJECTIVES", "NETS", "DATASETS", "PRECISIONS", "load_toml", "build_parser",
            "parse_config", "validate", "load_data", "build_model", "make_loss", "make_sampler", "train", "main"]
 
-OBJECTIVES = ("eps", "x0", "v", "flow", "edm", "meanflow")
+OBJECTIVES = ("eps", "x0", "v", "flow", "edm", "ct", "meanflow")
 NETS = ("unet", "mlp")
 DATASETS = ("digits", "mnist", "torchvision-mnist", "torchvision-fashion_mnist", "torchvision-cifar10")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -59,8 +59,10 @@ class TrainConfig:
     image_size: int = _opt(8, "digits only: resize the 8x8 digits to this size (16 or 32 give the U-Net more levels)")
     objective: str = _opt("v", "what the network learns: eps / x0 / v prediction on the cosine VP schedule "
                           "(DDPM-style, monograph §2.2, Table 6.1), flow (conditional flow matching on the straight "
-                          "path, §5.3), edm (EDM preconditioning, weighting and noise levels, appendix D.6) or "
-                          "meanflow (the average velocity u(x, r, t) on the straight path, a few-step generator, §11.5)",
+                          "path, §5.3), edm (EDM preconditioning, weighting and noise levels, appendix D.6), ct "
+                          "(consistency training with the doubling curriculum N(k) on the linear VP schedule, §11.2) or "
+                          "meanflow (the average velocity u(x, r, t) on the straight path, §11.5); ct and meanflow are "
+                          "few-step generators",
                           choices=OBJECTIVES)
     model: str = _opt("unet", "network: unet (small U-Net) or mlp (fully connected on the flattened image)", choices=NETS)
     width: int = _opt(32, "U-Net base channels / MLP hidden units")
@@ -83,7 +85,7 @@ class TrainConfig:
     progress: bool = _opt(True, "show a progress bar on rank 0")
     timeout: float = _opt(300.0, "seconds any collective may wait for the other ranks before every rank fails")
     sample_steps: int = _opt(32, "sampler steps at the end (DPM-Solver++(2M), Euler for flow, Heun for EDM; "
-                             "for meanflow the number of jumps, 1 = one-step generation)")
+                             "for ct and meanflow the number of network evaluations, 1 = one-step generation)")
     eval_samples: int = _opt(500, "samples drawn at the end, shared out over the ranks and gathered (0: none)")
     metrics: bool = _opt(True, "compute FD and KID on the feature network of digits / mnist (rank 0)")
     feature_steps: int = _opt(800, "training steps of the feature network when it is not cached yet")
@@ -244,7 +246,7 @@ def build_model(cfg: TrainConfig, shape: Sequence[int]) -> nn.Module:
     from diffedu import nets, param, schedules
     from diffedu.objectives import EDMDenoiser
 
-    from diffedu.distill import MeanFlow, TwoTimeNet
+    from diffedu.distill import ConsistencyModel, MeanFlow, TwoTimeNet
 
     torch.manual_seed(cfg.seed)
     gap = MEANFLOW_EMB if cfg.objective == "meanflow" else 0  # MeanFlow: t - r enters as extra input channels
@@ -256,6 +258,8 @@ def build_model(cfg: TrainConfig, shape: Sequence[int]) -> nn.Module:
         net = FlatNet((c_in, *shape[1:]), cfg.width, cfg.depth, out_channels=shape[0])
     if cfg.objective == "meanflow":
         return MeanFlow(TwoTimeNet(net, MEANFLOW_EMB), schedules.RectifiedFlow())
+    if cfg.objective == "ct":  # data in [-1, 1]: sigma_data 0.5 as in Song et al. (2023)
+        return ConsistencyModel(net, schedules.VPLinear(), sigma_data=0.5)
     if cfg.objective == "flow":
         return param.Denoiser(net, schedules.RectifiedFlow(), "velocity")
     if cfg.objective == "edm":
@@ -263,14 +267,21 @@ def build_model(cfg: TrainConfig, shape: Sequence[int]) -> nn.Module:
     return param.Denoiser(net, schedules.VPCosine(), cfg.objective)
 
 
-def make_loss(cfg: TrainConfig, model: nn.Module) -> Callable:
+def make_loss(cfg: TrainConfig, model: nn.Module, step: Callable[[], int] = lambda: 0) -> Callable:
     """``loss_fn(model, x0, generator) -> (B,)``: L_simple in eps / x0 / v (§2.2, §6.2), conditional FM (§5.3), EDM (D.6)
-    or MeanFlow (§11.5)."""
-    from diffedu.distill import meanflow_loss
+    CT (§11.2) or MeanFlow (§11.5). ``step()`` is the number of steps taken so far (CT's curriculum grid N(k) follows it)."""
+    from diffedu.distill import consistency_grid, ct_curriculum, ct_loss, meanflow_loss
     from diffedu.objectives import conditional_fm_loss, denoising_loss, edm_time_sampler, edm_weight
 
     if cfg.objective == "meanflow":  # ``model`` is the plain one: its JVP gives du/dt, the DDP view the gradient
         return lambda m, x0, g: meanflow_loss(m, x0, generator=g, tangent_model=model)
+    if cfg.objective == "ct":  # the target is the model itself under stop-gradient (improved CT)
+        grids: Dict[int, torch.Tensor] = {}
+
+        def ct(m, x0, g):
+            n = ct_curriculum(min(step(), cfg.steps), cfg.steps)
+            return ct_loss(m, None, x0, grids.setdefault(n, consistency_grid(model.schedule, n)), generator=g)
+        return ct
 
     if cfg.objective == "flow":
         return lambda m, x0, g: conditional_fm_loss(m, x0, generator=g)
@@ -284,11 +295,15 @@ def make_sampler(cfg: TrainConfig, model: nn.Module) -> Callable[[torch.Tensor],
     """``sample(eps) -> x0``: integrate the PF-ODE from noise (t = 1) to data with the objective's usual solver (§9);
     MeanFlow jumps ``sample_steps`` times along its learned flow map (§11.5)."""
     from diffedu import samplers
-    from diffedu.distill import sample_meanflow
+    from diffedu.distill import sample_consistency, sample_meanflow
 
     sch = model.schedule
     if cfg.objective == "meanflow":
         ts, solve = samplers.grid_uniform(cfg.sample_steps), sample_meanflow
+    elif cfg.objective == "ct":  # evaluations at t = 1, (n-1)/n, ..., 1/n, re-noising in between
+        n = cfg.sample_steps
+        ts = torch.tensor([1.0] + [k / n for k in range(n - 1, 0, -1)], dtype=torch.float64)
+        solve = sample_consistency
     elif cfg.objective == "flow":
         ts, solve = samplers.grid_uniform(cfg.sample_steps), samplers.sample_euler
     elif cfg.objective == "edm":
@@ -405,7 +420,7 @@ def train(cfg: TrainConfig, info, callback: Optional[Callable] = None) -> Dict[s
                 f"{info.world_size} process(es) on {info.device} [{info.backend or 'single process'}], "
                 f"global batch {cfg.batch_size} ({batches.per_rank} per process), {cfg.precision}")
     start, t0 = state.step, time.perf_counter()
-    D.fit_distributed(state, make_loss(cfg, state.model), batches, cfg.steps, info, grad_clip=cfg.grad_clip or None,
+    D.fit_distributed(state, make_loss(cfg, state.model, lambda: state.step), batches, cfg.steps, info, grad_clip=cfg.grad_clip or None,
                       autocast=autocast, checkpoint=ckpt, checkpoint_every=cfg.checkpoint_every or None,
                       log_every=cfg.log_every, progress=cfg.progress, callback=callback)
     seconds = time.perf_counter() - t0

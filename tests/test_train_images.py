@@ -143,3 +143,22 @@ def test_torchrun_trains_meanflow_on_two_processes(tmp_path):
     result = json.loads((out / "metrics.json").read_text())
     assert result["steps"] == 6 and result["world_size"] == 2 and result["samples"] == 24
     assert math.isfinite(result["final_loss"]) and (out / "samples.png").stat().st_size > 0
+
+
+def test_ct_grid_follows_the_curriculum_of_the_step(monkeypatch):
+    from diffedu import distill
+
+    seen = []
+
+    def spy(model, target, x0, ts, generator=None):
+        seen.append(len(ts) - 1)
+        return torch.zeros(len(x0))
+
+    monkeypatch.setattr(distill, "ct_loss", spy)
+    cfg = T.parse_config(["--objective", "ct", "--steps", "1000"])
+    model = T.build_model(cfg, (1, 8, 8))
+    k = [0]
+    loss = T.make_loss(cfg, model, lambda: k[0])
+    for k[0] in (0, 500, 1000):
+        loss(model, torch.zeros(2, 1, 8, 8), None)
+    assert seen == [distill.ct_curriculum(s, 1000) for s in (0, 500, 1000)] and seen[0] < seen[1] < seen[2]

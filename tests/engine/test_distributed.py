@@ -45,6 +45,8 @@ def _model(kind: str) -> torch.nn.Module:
     if kind == "meanflow":  # its loss differentiates the network forward (torch.func.jvp) through the DDP wrapper
         base = nets.UNet(in_channels=1 + 4, base=8, channel_mults=(1, 2), out_channels=1)
         return distill.MeanFlow(distill.TwoTimeNet(base, 4), schedules.RectifiedFlow())
+    if kind == "ct":  # its target is a second, no-grad forward through the same DDP-wrapped network
+        return distill.ConsistencyModel(nets.UNet(in_channels=1, base=8, channel_mults=(1, 2)), schedules.VPLinear())
     net = nets.MLP(dim=4, hidden=32, depth=2) if kind == "mlp" else nets.UNet(in_channels=1, base=8, channel_mults=(1, 2))
     return param.Denoiser(net, schedules.VPCosine(), "eps")
 
@@ -58,11 +60,14 @@ def _fixed_problem(kind: str, n: int = 16, plain=None):
     x, eps = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
     t = torch.rand(n, generator=g) * 0.9 + 0.05
     r = t * torch.rand(n, generator=g)
+    grid, k = distill.consistency_grid(schedules.VPLinear(), 10), torch.randint(0, 10, (n,), generator=g)
 
     def loss(model, batch, generator):
         xb, idx = batch
         if kind == "meanflow":  # the tangent from the plain module: function transforms cannot run through DDP
             return distill.meanflow_loss(model, xb, r=r[idx], t=t[idx], eps=eps[idx], tangent_model=plain)
+        if kind == "ct":
+            return distill.ct_loss(model, None, xb, grid, n=k[idx], eps=eps[idx])
         return denoising_loss(model, xb, t=t[idx], eps=eps[idx])
 
     return x, loss
@@ -143,7 +148,7 @@ def _checkpoint_probe(info: D.DistInfo, path: str) -> dict:
 
 def _bundle_worker(rank, world, port, out):
     info = _join(rank, world, port)
-    res = {kind: _sgd_steps(kind, info) for kind in ("mlp", "unet", "meanflow")}
+    res = {kind: _sgd_steps(kind, info) for kind in ("mlp", "unet", "meanflow", "ct")}
     res["gather_index"] = D.gather_samples(lambda a, b: torch.arange(a, b), 7, info)
     g = D.rank_generator(0, info, stream=9)
     res["gather_noise"] = D.gather_samples(lambda a, b: torch.randn(b - a, 1, 8, 8, generator=g), 5, info)
@@ -180,7 +185,7 @@ def bundle(tmp_path_factory):
     return [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=False) for r in range(2)]
 
 
-@pytest.mark.parametrize("kind", ["mlp", "unet", "meanflow"])
+@pytest.mark.parametrize("kind", ["mlp", "unet", "meanflow", "ct"])
 def test_a_ddp_step_on_two_processes_equals_one_process_with_the_global_batch(bundle, kind):
     ref = _sgd_steps(kind, D.DistInfo())
     start = {k: v for k, v in _model(kind).state_dict().items()}
