@@ -76,7 +76,7 @@ def test_ancestral_samples_eight_gaussians():
     ref = mix.sample(n, g)
     floor = sliced_wasserstein(mix.sample(n, g), ref, generator=g)  # two exact sample sets
     sw = sliced_wasserstein(x, ref, generator=g)
-    assert sw < 0.15, (float(sw), float(floor))  # measured: sw 0.06, floor (two exact sets) 0.09
+    assert sw < 1.5 * floor, (float(sw), float(floor))  # as close as exact samples are: measured sw 0.06, floor 0.09
 
 
 class _Zero(nn.Module):

@@ -34,7 +34,7 @@ def test_langevin_converges_to_a_mixture():
     ref = mix.sample(n, g)
     floor = sliced_wasserstein(mix.sample(n, g), ref, generator=g)
     sw = sliced_wasserstein(x, ref, generator=g)
-    assert sw < 0.08, (float(sw), float(floor))  # measured: sw 0.03, floor 0.03
+    assert sw < 2 * floor, (float(sw), float(floor))  # measured: sw 0.03, floor 0.03
 
 
 def test_annealed_langevin_recovers_mode_weights_on_eight_gaussians():
@@ -50,8 +50,9 @@ def test_annealed_langevin_recovers_mode_weights_on_eight_gaussians():
     eps = 0.1 * float(sched.sigma(ts[-1])) ** 2  # NCSN's epsilon: h_i / sigma_i^2 = 0.1 at every level
     x = sample_annealed_langevin(model, x, ts, n_steps_each=20, step_scale=eps, generator=g)
     ref = mix.sample(n, g)
+    floor = sliced_wasserstein(mix.sample(n, g), ref, generator=g)  # two exact sample sets
     sw = sliced_wasserstein(x, ref, generator=g)
-    assert sw < 0.2, float(sw)  # measured: 0.07 (floor between two exact sets ~0.06)
+    assert sw < 2 * floor, (float(sw), float(floor))  # measured: sw 0.07, floor ~0.06
     nearest = torch.cdist(x.double(), mix.means).argmin(1)
     frac = torch.bincount(nearest, minlength=8) / n
     assert (frac - 1 / 8).abs().max() < 0.04
