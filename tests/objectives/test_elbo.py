@@ -187,12 +187,22 @@ def test_learned_variance_interpolates_and_hybrid_loss_runs():
     assert any(p.grad is not None and p.grad.abs().max() > 0 for p in model.net.var_net.parameters())
 
 
-def test_elbo_of_a_denoiser_network_runs_and_is_finite():
+def test_elbo_of_a_network_adds_up_and_the_exact_denoiser_bounds_it_below():
+    # every KL term is >= 0 and the bound is their sum; the exact posterior mean E[x0 | x_t] minimises each expected
+    # KL term (a Gaussian KL with fixed variances is a squared error of the means), so an untrained network's bound
+    # over data from the mixture lies above the exact denoiser's, and the exact one above -log p(x0) on average
     torch.manual_seed(0)
-    model = Denoiser(MLP(2, 32, 2), VPLinear(), "eps")
-    x0 = torch.randn(16, 2)
-    terms = elbo.elbo_terms(model, x0, torch.linspace(0, 1, 21, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
-    assert torch.isfinite(terms.nll_bound).all() and terms.kl.shape == (16, 19)
+    sched, mix = VPLinear(), toy.eight_gaussians(radius=2.0, std=0.4)
+    model = Denoiser(MLP(2, 32, 2), sched, "eps")
+    x0 = mix.sample(512, torch.Generator().manual_seed(1))
+    ts = torch.linspace(0, 1, 21, dtype=torch.float64)
+    terms = elbo.elbo_terms(model, x0, ts, generator=torch.Generator().manual_seed(0))
+    assert terms.kl.shape == (512, 19) and (terms.kl >= 0).all() and (terms.prior >= 0).all()
+    torch.testing.assert_close(terms.nll_bound, terms.prior + terms.kl.sum(1) + terms.reconstruction)
+    exact = elbo.elbo_terms(mix.denoiser(sched), x0.double(), ts, generator=torch.Generator().manual_seed(0))
+    assert (exact.kl.mean(0) <= terms.kl.double().mean(0) + 1e-6).all()
+    assert exact.nll_bound.mean() < terms.nll_bound.double().mean() - 1.0
+    assert exact.nll_bound.mean() > -mix.log_prob(x0.double()).mean()
 
 
 def test_errors_name_the_argument():
