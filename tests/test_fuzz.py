@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffedu import autodiff, forward, gaussian, guidance, param, sde, toy
+from diffedu import autodiff, distill, forward, gaussian, guidance, param, samplers, sde, toy
 from diffedu import schedules as S
 from diffedu.metrics import samples as metrics
 from diffedu.nets import MLP
@@ -63,7 +63,14 @@ BAD = {
     "labels": [("floats", torch.zeros(4)), ("wrong batch", torch.zeros(3, dtype=torch.long)),
                ("out of range", torch.full((4,), 99, dtype=torch.long)), ("negative", torch.full((4,), -1, dtype=torch.long))],
     "generator": [("a string", "seed"), ("a float", 0.5)],
+    # a sampling grid: decreasing times in [0, 1]
+    "grid": [("a string", "fast"), ("increasing", torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)),
+             ("above 1", torch.tensor([1.5, 0.5, 0.0], dtype=torch.float64)),
+             ("NaN", torch.tensor([1.0, float("nan"), 0.0], dtype=torch.float64)),
+             ("integer steps", torch.tensor([999, 500, 0]))],
 }
+GRID = torch.tensor([1.0, 0.6, 0.3, 0.0], dtype=torch.float64)
+RF = S.RectifiedFlow()
 
 
 def _vel(x):
@@ -171,6 +178,26 @@ API = [
     ("guidance.ClassifierFreeGuidance()", lambda x_t, t, cond: guidance.cfg(CMODEL, 1.0, LAB.num_classes)(x_t, t, cond),
      dict(x_t=X, t=T, cond=torch.zeros(4, dtype=torch.long)), {"x_t": "data", "t": "time", "cond": "labels"}),
     ("param.Denoiser()", lambda x_t, t: param.Denoiser(MLP().double(), VP)(x_t, t), dict(x_t=X, t=T), {"x_t": "data", "t": "time"}),
+    # samplers (monograph §9) and chapter 11
+    *[(f"samplers.{fn.__name__}", fn, dict(model=MODEL, x=X, ts=GRID), {"model": "model", "x": "data", "ts": "grid"})
+      for fn in (samplers.sample_euler, samplers.sample_heun, samplers.sample_ddim, samplers.sample_dpm_solver_pp_2m,
+                 samplers.sample_unipc, samplers.sample_ipndm)],
+    *[(f"samplers.{fn.__name__}", fn, dict(model=MODEL, x=X, ts=GRID, generator=torch.Generator()),
+       {"model": "model", "x": "data", "ts": "grid", "generator": "generator"})
+      for fn in (samplers.sample_ancestral, samplers.sample_euler_maruyama)],
+    ("toy.flow_map", toy.flow_map, dict(mixture=MIX, schedule=VP, x=X, s=1.0, t=0.5, rtol=1e-6, atol=1e-6),
+     {"mixture": "mixture", "schedule": "schedule", "x": "data", "s": "time", "t": "time", "rtol": "positive"}),
+    ("toy.average_velocity", toy.average_velocity, dict(mixture=MIX, schedule=RF, x=X, r=0.2, t=0.6, rtol=1e-6, atol=1e-6),
+     {"x": "data", "r": "time", "t": "time"}),
+    ("distill.boundary_coefficients", distill.boundary_coefficients, dict(schedule=VP, t=T, sigma_data=0.5),
+     {"schedule": "schedule", "t": "time1", "sigma_data": "positive"}),
+    ("distill.sample_consistency", distill.sample_consistency, dict(model=MODEL, x=X, ts=[1.0, 0.5], generator=torch.Generator()),
+     {"model": "model", "x": "data", "generator": "generator"}),
+    ("distill.sample_meanflow", distill.sample_meanflow,
+     dict(model=distill.MeanFlow(distill.TwoTimeNet(MLP(2 + 4, 8, 1, out_dim=2).double(), 4), RF), x=X, ts=[1.0, 0.0]),
+     {"model": "model", "x": "data"}),
+    ("distill.meanflow_target", distill.meanflow_target, dict(v=X, dudt=X, t=T, r=T * 0.5), {"v": "data", "dudt": "like"}),
+    ("distill.pseudo_huber", distill.pseudo_huber, dict(diff=X), {"diff": "data", "c": "positive"}),
 ]
 
 # (categories that do not apply to one argument: e.g. zero is a valid drop probability)

@@ -154,7 +154,7 @@ def pseudo_huber(diff: torch.Tensor, c: Optional[float] = None) -> torch.Tensor:
     ``c`` defaults to 0.00054 sqrt(D) (their choice for D = C H W); quadratic (||diff||^2 / 2c) for small
     differences, linear (||diff||) for large ones, so outliers pull less than under the squared error.
     """
-    check_data(diff, "diff", allow_nonfinite=True)
+    check_data(diff, "diff")
     D = diff[0].numel()
     c = 0.00054 * math.sqrt(D) if c is None else check_positive(c, "c")
     return torch.sqrt(diff.reshape(len(diff), -1).pow(2).sum(1) + c**2) - c

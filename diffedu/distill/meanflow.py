@@ -161,6 +161,9 @@ def total_derivative(u_fn: Callable, x: torch.Tensor, r: torch.Tensor, t: torch.
 
 def meanflow_target(v: torch.Tensor, dudt: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """The MeanFlow regression target v - (t - r) d/dt u (11.5), detached (monograph §11.5); t, r: (B,)."""
+    check_data(v, "v")
+    check_like(dudt, v, "dudt", "v")
+    t, r = check_time(t, v).to(v.dtype), check_time(r, v, "r").to(v.dtype)
     return (v - append_dims(t - r, v) * dudt).detach()
 
 

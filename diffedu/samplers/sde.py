@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import torch
 
-from diffedu._checks import check_data, check_model, check_positive
+from diffedu._checks import check_data, check_generator, check_model, check_positive
 from diffedu.sde import diffusion_sq, drift_coef
 from .grids import check_grid
 from .record import StepLoop
@@ -107,6 +107,7 @@ def _reverse_sde_loop(model, x, ts, n_corrector, snr, cond, generator, denoise, 
     """Shared loop of both samplers: ``n_corrector`` Langevin steps at t_i, then one Euler-Maruyama step to t_{i+1}."""
     check_data(x, "x")
     check_model(model)
+    check_generator(generator)
     ts = check_grid(ts)
     loop, times = StepLoop(len(ts) - 1, callback, progress, desc), ts.tolist()
     for i in loop:
