@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffedu import autodiff, distill, forward, gaussian, guidance, param, samplers, sde, toy
+from diffedu import autodiff, data, distill, engine, forward, gaussian, guidance, nets, param, samplers, sde, toy
 from diffedu import schedules as S
 from diffedu.metrics import samples as metrics
 from diffedu.nets import MLP
@@ -69,6 +69,9 @@ BAD = {
              ("NaN", torch.tensor([1.0, float("nan"), 0.0], dtype=torch.float64)),
              ("integer steps", torch.tensor([999, 500, 0]))],
 }
+BAD["model_module"] = [("a string", "net"), ("None", None), ("a tensor", X)]
+BAD["fraction"] = [("negative", -0.1), ("above 1", 1.5), ("NaN", float("nan")), ("a string", "a")]
+BAD["seed"] = [("negative", -1), ("a float", 0.5), ("a string", "a")]
 GRID = torch.tensor([1.0, 0.6, 0.3, 0.0], dtype=torch.float64)
 RF = S.RectifiedFlow()
 
@@ -198,10 +201,30 @@ API = [
      {"model": "model", "x": "data"}),
     ("distill.meanflow_target", distill.meanflow_target, dict(v=X, dudt=X, t=T, r=T * 0.5), {"v": "data", "dudt": "like"}),
     ("distill.pseudo_huber", distill.pseudo_huber, dict(diff=X), {"diff": "data", "c": "positive"}),
+    # networks, data and the engine
+    # (a raw network takes any real t -- EDM feeds it log(sigma) / 4 -- and checks no NaN in its hot path: the model
+    # contract's param.Denoiser above does)
+    ("nets.sinusoidal_embedding", nets.sinusoidal_embedding, dict(t=T, dim=8), {"dim": "count"}),
+    ("nets.MLP", nets.MLP, dict(dim=2, hidden=8, depth=1), {"dim": "count", "hidden": "count", "depth": "count"}),
+    ("nets.UNet", nets.UNet, dict(in_channels=1, base=8), {"in_channels": "count", "base": "count"}),
+    ("data.load_digits", data.load_digits, dict(size=8), {"size": "count"}),
+    ("data.batches", lambda x, batch_size: next(data.batches(x, batch_size, generator=0)), dict(x=X, batch_size=2),
+     {"x": "data", "batch_size": "count"}),
+    ("data.stratified_split", data.stratified_split, dict(labels=torch.tensor([0, 1, 0, 1, 0, 1]), n_held_out=2, seed=0),
+     {"n_held_out": "count"}),
+    ("engine.EMA", engine.EMA, dict(model=nn.Linear(2, 2), decay=0.9), {"model": "model_module", "decay": "fraction"}),
+    ("engine.make_generator", engine.make_generator, dict(seed=0), {"seed": "seed"}),
+    ("engine.fit", lambda steps, lr: engine.fit(nn.Linear(2, 2), lambda m, x, g: m(x).pow(2).mean(1),
+                                                 data.batches(X.float(), 2, generator=0), steps=steps, lr=lr, progress=False),
+     dict(steps=2, lr=1e-3), {"steps": "count", "lr": "positive"}),
 ]
 
 # (categories that do not apply to one argument: e.g. zero is a valid drop probability)
 SKIP = {
+    ("engine.fit", "steps", "zero"),  # fit(steps=0) trains no further: valid (e.g. after loading a checkpoint)
+    ("data.batches", "x", "no batch dim"),  # a (N,) tensor is N scalar examples
+    ("data.batches", "x", "integer dtype"),  # integer data (tokens, indices) can be batched too
+    ("data.stratified_split", "n_held_out", "zero"),  # nothing held out: an empty held-out set, valid
     ("guidance.drop_labels", "p", "zero"),          # p = 0 drops no label: valid
     ("guidance.cfg", "null_label", "zero"),         # any non-negative label can be the null label
     ("guidance.drop_labels", "null_label", "zero"),

@@ -30,6 +30,8 @@ def batches(
         raise TypeError(f"x: expected a torch.Tensor of shape (N, ...), got {type(x).__name__}")
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"x: expected a non-empty tensor of shape (N, ...), got shape {tuple(x.shape)}")
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        raise ValueError("x: the data contain NaN or infinite values (they would poison every batch they land in)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     n = x.shape[0]
