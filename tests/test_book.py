@@ -115,6 +115,34 @@ def test_pages_render_offline_in_a_browser(built_book):
         assert rep.screenshot is not None and rep.screenshot.stat().st_size > 10_000
 
 
+def test_the_browser_check_fails_a_slider_that_is_not_linked(built_book):
+    # the same ch01 page with the jslink models removed from its embedded widget state: the slider still moves,
+    # the figure does not, and the check must say so (the untampered page passes in the test above)
+    import json
+    import re
+
+    import check_book
+
+    chromium = _chromium_or_skip()
+    page = built_book / "chapters" / "ch01_generative_modelling.html"
+    html = page.read_text()
+    m = re.search(r'<script type="application/vnd.jupyter.widget-state\+json">(.*?)</script>', html, re.S)
+    assert m, "ch01 embeds its widget state"
+    state = json.loads(m.group(1))
+    links = [k for k, v in state["state"].items() if v.get("model_name") == "LinkModel"]
+    assert links, "ch01's slider is linked in the browser"
+    for k in links:
+        del state["state"][k]
+    tampered = page.with_name("ch01_unlinked.html")
+    tampered.write_text(html[:m.start(1)] + json.dumps(state) + html[m.end(1):])
+    try:
+        (rep,) = check_book.check_pages(built_book, ["chapters/ch01_unlinked.html"], chromium=chromium)
+    finally:
+        tampered.unlink()
+    found = check_book.problems(rep, expect_math=True, expect_figures=True, expect_widgets=True)
+    assert any("moving the slider did not change the figure" in p for p in found), found
+
+
 # ----------------------------------------------------------------------------- the build is strict
 def _tiny_book(tmp_path: Path, code: str) -> Path:
     """A one-notebook book with the real configuration (paths made absolute)."""
