@@ -35,6 +35,7 @@ from diffedu._checks import (append_dims, check_callable, check_data, check_gene
                              check_like, check_model, check_positive, check_schedule, check_time)
 from diffedu.distill.progressive import ddim_step
 from diffedu.engine import EMA, fit
+from diffedu.forward import add_noise
 from diffedu.param import Prediction
 from diffedu.samplers.grids import check_grid, grid_karras
 from diffedu.samplers.record import StepLoop
@@ -201,6 +202,18 @@ def _pick(ts, x0, generator, n):
     return ts[n], ts[n + 1]
 
 
+def _noisy_pair(model, x0, ts, generator, n, eps):
+    """(t_n, t_{n+1}, eps, x_{t_n}) of one CD / CT draw: grid neighbours per example and x_t = alpha_t x0 + sigma_t eps
+    (:func:`diffedu.forward.add_noise`; eps drawn on the generator's device unless given)."""
+    check_model(model)
+    check_data(x0, "x0")
+    check_generator(generator)
+    t, s = _pick(ts, x0, generator, n)
+    if eps is None:
+        eps = torch.randn(x0.shape, generator=generator, device=generator.device if generator else x0.device).to(x0)
+    return t, s, eps, add_noise(model.schedule, x0, t, eps).x_t
+
+
 def _weight(weighting, t, s):
     check_kind(weighting, CM_WEIGHTINGS, "weighting")
     return torch.ones_like(t) if weighting == "none" else 1 / (t - s)
@@ -223,13 +236,7 @@ def cd_loss(model, target, teacher, x0: torch.Tensor, ts, *, cond=None, distance
     lambda(t_n) d(f_theta(x_{t_n}, t_n), f_target(x^, t_{n+1})) with the target under no_grad (``target=None``:
     the model itself, stop-gradient; else e.g. an EMA copy). ``ts`` decreases from noise to data.
     """
-    check_model(model)
-    check_data(x0, "x0")
-    check_generator(generator)
-    t, s = _pick(ts, x0, generator, n)
-    if eps is None:
-        eps = torch.randn(x0.shape, generator=generator, device=generator.device if generator else x0.device).to(x0)
-    x_t = append_dims(model.schedule.alpha(t), x0) * x0 + append_dims(model.schedule.sigma(t), x0) * check_like(eps, x0, "eps", "x0")
+    t, s, eps, x_t = _noisy_pair(model, x0, ts, generator, n, eps)
     with torch.no_grad():
         x_s = teacher_step(teacher)(x_t, t, s)
     return _cm_loss(model, target, x_t, t, x_s, s, cond, distance, weighting)
@@ -243,16 +250,8 @@ def ct_loss(model, target, x0: torch.Tensor, ts, *, cond=None, distance: str = "
     same (x0, eps) replaces the teacher's ODE step: it is the one-step estimate with the known x0, unbiased for the
     DDIM step of the exact denoiser, so the CT gradient tends to the CD gradient as the step shrinks.
     """
-    check_model(model)
-    check_data(x0, "x0")
-    check_generator(generator)
-    t, s = _pick(ts, x0, generator, n)
-    if eps is None:
-        eps = torch.randn(x0.shape, generator=generator, device=generator.device if generator else x0.device).to(x0)
-    check_like(eps, x0, "eps", "x0")
-    sch = model.schedule
-    x_t = append_dims(sch.alpha(t), x0) * x0 + append_dims(sch.sigma(t), x0) * eps
-    x_s = append_dims(sch.alpha(s), x0) * x0 + append_dims(sch.sigma(s), x0) * eps
+    t, s, eps, x_t = _noisy_pair(model, x0, ts, generator, n, eps)
+    x_s = add_noise(model.schedule, x0, s, eps).x_t
     return _cm_loss(model, target, x_t, t, x_s, s, cond, distance, weighting)
 
 

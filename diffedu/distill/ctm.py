@@ -30,6 +30,7 @@ from torch import nn
 from diffedu._checks import (append_dims, check_callable, check_data, check_generator, check_int, check_like,
                              check_model, check_positive, check_schedule, check_time)
 from diffedu.distill.consistency import boundary_coefficients, consistency_distance, teacher_step
+from diffedu.forward import add_noise
 from diffedu.nets import sinusoidal_embedding
 from diffedu.param import Prediction
 from diffedu.samplers.grids import check_grid
@@ -169,10 +170,10 @@ def ctm_loss(model: CTM, x0: torch.Tensor, ts, *, teacher=None, dsm_weight: floa
     t, u, s = grid[i], grid[j], grid[k]
     eps = torch.randn(x0.shape, generator=generator, device=generator.device if generator else x0.device).to(x0)
     sch = model.schedule
-    x_t = append_dims(sch.alpha(t), x0) * x0 + append_dims(sch.sigma(t), x0) * eps
+    x_t = add_noise(sch, x0, t, eps).x_t
     with torch.no_grad():
         if teacher is None:
-            x_u = append_dims(sch.alpha(u), x0) * x0 + append_dims(sch.sigma(u), x0) * eps
+            x_u = add_noise(sch, x0, u, eps).x_t
         else:
             x_u = teacher_step(teacher)(x_t, t, u)
         goal = model.jump(model.jump(x_u, u, s, cond), s, torch.zeros_like(s), cond)
