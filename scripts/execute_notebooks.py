@@ -14,6 +14,10 @@ its code alone, so the cache also records a fingerprint of the package's source 
 when either changed, the whole cache is cleared first (a change in ``diffedu/`` re-executes every
 chapter). Exits 1, printing the traceback of each notebook that failed, if any did; the build
 would fail on it anyway.
+
+Shared artefacts are made once, before the parallel run: when more than one stale notebook calls
+``metrics.feature_network("NAME")`` and its cache file is missing, the feature network is trained
+here first (one process), so the notebooks load it instead of each training its own copy.
 """
 from __future__ import annotations
 
@@ -92,6 +96,25 @@ def _execute_one(cache_path: str, pk: int, timeout: int) -> tuple[str, int, floa
     return uri, status, seconds, trace
 
 
+def _warm_feature_networks(paths: list[Path]) -> None:
+    """Train each feature network that two or more of ``paths`` use, once, into the shared cache."""
+    import re
+
+    uses: dict[str, int] = {}
+    for p in paths:
+        for name in set(re.findall(r'feature_network\((?:\\)?["\']([a-z]+)(?:\\)?["\']\)', p.read_text())):
+            uses[name] = uses.get(name, 0) + 1
+    shared = sorted(n for n, k in uses.items() if k > 1)
+    if shared:
+        from diffedu.metrics import feature_network
+
+        for name in shared:
+            t0 = time.time()
+            feature_network(name)
+            print(f"execute_notebooks: feature network {name!r} ready for {uses[name]} notebooks in "
+                  f"{time.time() - t0:.0f} s", flush=True)
+
+
 def execute(notebooks: list[Path], cache_path: Path, jobs: int, timeout: int) -> int:
     """Add ``notebooks`` to the cache's project and execute the stale ones in parallel; 0 if all succeeded."""
     from jupyter_cache import get_cache
@@ -103,6 +126,7 @@ def execute(notebooks: list[Path], cache_path: Path, jobs: int, timeout: int) ->
     print(f"execute_notebooks: {len(records) - len(stale)} of {len(records)} notebooks cached, "
           f"executing {len(stale)} with {jobs} job(s)", flush=True)
     stale.sort(key=lambda r: -Path(r.uri).stat().st_size)  # longest (largest) first
+    _warm_feature_networks([Path(r.uri) for r in stale])
     failed = 0
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = [pool.submit(_execute_one, str(cache_path), r.pk, timeout) for r in stale]

@@ -9,7 +9,7 @@
 * :mod:`diffedu.metrics.leaderboard` — one protocol (:class:`ImageEvaluator`) and one
   :class:`Leaderboard` that every image generator in the book appends its row to.
 """
-from diffedu.metrics.samples import kl_monte_carlo, moment_errors, sliced_wasserstein
+from diffedu.metrics.samples import SlicedScore, kl_monte_carlo, moment_errors, sliced_wasserstein, sliced_wasserstein_to_target
 from diffedu.metrics.features import (
     FEATURE_DATASETS, FeatureNet, cache_dir, classifier_accuracy, feature_network, train_classifier,
 )
@@ -20,7 +20,7 @@ from diffedu.metrics.images import (
 from diffedu.metrics.leaderboard import LEADERBOARD_COLUMNS, ImageEvaluator, Leaderboard
 
 __all__ = [
-    "sliced_wasserstein", "kl_monte_carlo", "moment_errors",
+    "sliced_wasserstein", "SlicedScore", "sliced_wasserstein_to_target", "kl_monte_carlo", "moment_errors",
     "FEATURE_DATASETS", "FeatureNet", "cache_dir", "classifier_accuracy", "feature_network", "train_classifier",
     "PRDC", "ClassCheck", "class_check", "classifier_score", "frechet_distance", "gaussian_frechet_distance", "kid",
     "mmd2_polynomial", "nearest_neighbour_distances", "precision_recall", "psnr", "ssim",

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from diffedu.metrics import kl_monte_carlo, moment_errors, sliced_wasserstein
+from diffedu import toy
+from diffedu.metrics import kl_monte_carlo, moment_errors, sliced_wasserstein, sliced_wasserstein_to_target
 
 
 def _quantiles(n, m, s):
@@ -86,3 +87,29 @@ def test_bad_inputs_name_the_argument():
         moment_errors(x, torch.zeros(2), torch.eye(3))
     with pytest.raises(ValueError, match="log_q"):
         kl_monte_carlo(lambda z: z[:, 0], lambda z: z, x)
+
+
+def test_sliced_wasserstein_to_target_puts_an_exact_sampler_at_the_floor_and_a_shift_above_it():
+    mix = toy.eight_gaussians()
+    draw = lambda n, gen: mix.sample(n, gen)  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):  # an exact sampler: at the floor, within 3 standard errors of the paired difference
+        s = sliced_wasserstein_to_target(draw, draw, 2048, n_ref=10, generator=g)
+        assert abs(s.excess) < 3 * s.excess_se and 0.85 < s.ratio < 1.15, s
+    shift = torch.tensor([0.6, 0.0])  # SW2 of the shift alone: 0.6 / sqrt(2)
+    shifted = sliced_wasserstein_to_target(lambda n, gen: mix.sample(n, gen) + shift, draw, 2048, n_ref=10, generator=g)
+    assert shifted.excess > 5 * shifted.excess_se and shifted.ratio > 1.5, shifted
+
+
+def test_sliced_wasserstein_to_target_errors_name_the_argument():
+    ok = lambda n, gen: torch.randn(n, 2, generator=gen)  # noqa: E731
+    with pytest.raises(TypeError, match="generate"):
+        sliced_wasserstein_to_target("eight gaussians", ok, 16)
+    with pytest.raises(ValueError, match="generate"):
+        sliced_wasserstein_to_target(lambda n, gen: torch.randn(n, 3, generator=gen), ok, 16)
+    with pytest.raises(ValueError, match="sample"):
+        sliced_wasserstein_to_target(ok, lambda n, gen: torch.randn(n + 1, 2, generator=gen), 16)
+    with pytest.raises(ValueError, match="n_ref"):
+        sliced_wasserstein_to_target(ok, ok, 16, n_ref=1)
+    with pytest.raises(ValueError, match="generate"):
+        sliced_wasserstein_to_target(lambda n, gen: torch.full((n, 2), float("nan")), ok, 16)
