@@ -17,6 +17,19 @@ fixed families (t^p, Karras rho = 7) and :func:`diffedu.samplers.adaptive.grid_f
 gamma is the construction's hyperparameter). On a held-out mixture the adaptive grid is rebuilt
 from *that* model's own pilot evaluations (256 pilot points, 48 evaluations, no reference).
 
+Calibrated constructions (only the model, never the answer). ``calibrated`` grids
+(:func:`diffedu.samplers.calibrated.grid_calibrated`, LD3 / Align-Your-Steps style) start from the fixed
+construction above that fits the calibration batch best and move its interior points to minimise the
+distance of the solver's output to the *model's own* fine solve (DPM-Solver++(3M), 400 steps) on a
+calibration batch; ``calibrated-ms`` (S4S style,
+:func:`~diffedu.samplers.calibrated.calibrate_multistep`) also fits the weights of a linear multistep
+solver x_{i+1} = c_i x_i + sum_j w_ij x0_hat_j to the model's fine trajectory, step by step by least
+squares. The calibration noise (512 points, seed 10000 + the evaluation noise seed, printed) is disjoint
+from the evaluation noise; the history h of calibrated-ms and whether a calibrated grid is used at all
+are selected on the training mixtures like every other construction. Calibration is a one-off per model,
+solver and NFE: its cost (seconds, model evaluations on the calibration batch) is printed separately
+and not counted in the NFE of the solver.
+
 Reference. The PF-ODE solved with scipy DOP853 at rtol = atol = 1e-10 from the same noise.
 
 Peers (diffusers, a benchmark-only dependency), driven by the same exact model: a scheduler's
@@ -24,9 +37,15 @@ timestep n (fractional for Euler/Heun) is mapped to continuous time through the 
 noise level sigma_n = sqrt((1 - abar_n)/abar_n), linearly interpolated in n. UniPC runs as bh1 and
 bh2, with final_sigmas_type "zero" (the default: the last step lands on the data) and
 "sigma_min" (bh1 only runs with the latter: with "zero" its B(h) = h is infinite on the last step
-and diffusers returns NaN). k-diffusion's samplers are included only if ``k_diffusion.sampling``
-imports; its package __init__ imports accelerate, clean-fid, wandb, torchvision and more, so it is
-not a dependency here and the benchmark prints why it is skipped.
+and diffusers returns NaN). k-diffusion (LMS, DPM++ 2M, DPM++ 3M SDE with eta = 0, each on
+k-diffusion's discrete-timestep sigmas and on Karras sigmas) is driven in its VE parameterisation:
+x_k = x_t / alpha_t at sigma = sigma_t / alpha_t, with the denoiser D(x_k, sigma) = x0_hat(alpha x_k, t(sigma))
+of the same exact model (exact at any sigma, so no timestep interpolation enters), from the same noise
+to sigma = 0 (alpha = 1, the same end point). k-diffusion is not a dependency: ``pip install k-diffusion``
+would replace torch (it pulls torch 2.14 and CUDA wheels through accelerate, clean-fid, torchvision, ...),
+so install it with ``pip install --no-deps k-diffusion``; only its ``sampling.py`` is loaded (by file,
+under a private package name, with ``utils.append_dims`` and the unused ``torchdiffeq`` / ``torchsde``
+imports stubbed). If it is absent the benchmark says so in its first line and in every table.
 
 Measured per problem and NFE (5, 10, 20, 50): mean L2 distance of the final samples to the
 reference; the ratio best diffedu / best peer, with the solvers and grids; the DDIM identity
@@ -35,21 +54,26 @@ by the float64 one (the whole gap is diffusers' float32 table and coefficient ar
 overhead (ring, 4096 x 2 whatever --n is): the solver loop driven by a zero-cost model, median of
 21 runs at NFE 20, per evaluation, per step, and per step when the grid is made in every run.
 
-Run:  python benchmarks/solvers.py              (about 5 minutes on one CPU core)
-      python benchmarks/solvers.py --dim 64     (the same in 64 dimensions)
+Run:  python benchmarks/solvers.py              (about 10 CPU-minutes on one core, most of it calibrating)
+      python benchmarks/solvers.py --dim 64 --n 512 --train 2 --cal-evals 100 --calibrate "unipc-3 bh2" \
+          --fits 4 --solvers "dpm-solver++2m,dpm-solver++3m,unipc-2 bh2,unipc-3 bh2,ipndm-4,calibrated-ms" --no-overhead
+                                                (64 dimensions, a lighter field: the oracle costs ~10x more there)
       python benchmarks/solvers.py --quick      (a smoke test: 128 points, NFE 10 20, 1 training mixture, the ring, 3 solvers)
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
+import sys
 import time
+import types
 
 import numpy as np
 import torch
 
 from diffedu import schedules, toy
-from diffedu.samplers import Grid, ode, unipc
+from diffedu.samplers import Grid, calibrated, ode, unipc
 from diffedu.samplers.adaptive import error_density, grid_from_density
 
 
@@ -98,7 +122,14 @@ SOLVER_COSTS = {
     "unipc-2 bh2": (unipc.sample_unipc, {"order": 2, "variant": "bh2"}, 1, 1, 3),
     "unipc-3 bh2": (unipc.sample_unipc, {"order": 3, "variant": "bh2"}, 1, 1, 3),
     "ipndm-4": (unipc.sample_ipndm, {"order": 4}, 1, 1, 2),
+    "calibrated-ms": (calibrated.sample_calibrated, {}, 1, 1, 2),  # its weights come with its grid (FITS below)
 }
+
+#: the solvers that get model-calibrated grids (LD3 / AYS-style) as candidate constructions
+CALIBRATED = ["unipc-3 bh2", "ipndm-4", "dpm-solver++3m"]
+#: calibrated-ms's constructions: S4S-style fit of grid and weights with history h, selected on the training mixtures
+FITS = {f"fit h={h}": h for h in (2, 3, 4)}
+CAL = {"n": 512, "evals": 150}  # calibration batch size and Nelder-Mead budget (--cal-n, --cal-evals)
 
 #: grid construction name -> (schedule, n_steps, {order: pilot density}, order) -> float64 grid ending at the data
 GRID_CANDIDATES = {
@@ -121,13 +152,44 @@ def run_diffedu(model, noise, fn, kw, ts):
 
 
 def solver_grid(prob, name, grid_name, nfe):
+    """(sampler, kwargs, grid) of solver ``name`` on construction ``grid_name`` at ``nfe`` on one problem.
+
+    Calibrated constructions are computed once per (problem, solver, construction, NFE) from the
+    problem's *model* and calibration noise only, and kept in the problem's own cache with their cost.
+    """
     fn, kw, per, final, order = SOLVER_COSTS[name]
-    return fn, kw, GRID_CANDIDATES[grid_name](prob["sch"], _steps_for(nfe, per, final), prob["density"], order)
+    k = _steps_for(nfe, per, final)
+    if grid_name in GRID_CANDIDATES:
+        return fn, kw, GRID_CANDIDATES[grid_name](prob["sch"], k, prob["density"], order)
+    key = (name, grid_name, nfe)
+    if key not in prob["cache"]:
+        m = CountingModel(prob["model"])
+        t0 = time.perf_counter()
+        # start from the fixed construction (model-only: families and the pilot density) that fits the calibration best
+        inits = [make(prob["sch"], k, prob["density"], order) for make in GRID_CANDIDATES.values()]
+        if grid_name in FITS:
+            ts, w = calibrated.calibrate_multistep(m, k, prob["x_cal"], init=inits, history=FITS[grid_name],
+                                                   max_evals=CAL["evals"])
+            out = (ts, {"weights": w})
+        else:  # "calibrated": the solver's grid against the model's fine solve of the calibration batch
+            ts = calibrated.grid_calibrated(m, fn, k, prob["x_cal"], init=inits, solver_kwargs=kw,
+                                            target=prob["fine_cal"], max_evals=CAL["evals"])
+            out = (ts, {})
+        prob["cache"][key] = out + (time.perf_counter() - t0, m.nfe)
+    ts, extra = prob["cache"][key][:2]
+    return fn, {**kw, **extra}, ts
+
+
+def constructions(name):
+    """The grid constructions solver ``name`` can use."""
+    if name == "calibrated-ms":
+        return tuple(FITS)
+    return tuple(GRID_CANDIDATES) + (("calibrated",) if name in CALIBRATED else ())
 
 
 # ------------------------------------------------------------------------------------------ diffusers
 def diffusers_peers():
-    """name -> (scheduler factory, number of set_timesteps steps for a given NFE)."""
+    """name -> (scheduler factory, number of set_timesteps steps for a given NFE) of diffusers' schedulers."""
     import diffusers as D
 
     base = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
@@ -150,14 +212,104 @@ def diffusers_peers():
     }
 
 
-def k_diffusion_status():
-    """Why k-diffusion's samplers are (not) in the field: its package imports must succeed offline."""
+_KD = "_kdiffusion_sampling_only"  # the private package name k_diffusion/sampling.py is loaded under
+
+
+def load_k_diffusion_sampling():
+    """(k-diffusion's sampling module, where it was loaded from) or (None, why it is absent).
+
+    Only ``k_diffusion/sampling.py`` is executed: its package ``__init__`` imports accelerate, clean-fid,
+    wandb, torchvision, kornia, ... It is loaded as ``_kdiffusion_sampling_only.sampling`` with a stub
+    parent package whose ``utils`` has k-diffusion's ``append_dims``; ``torchdiffeq`` and ``torchsde``
+    (imported at its top, used only by log_likelihood and the Brownian-tree noise) are stubbed if missing.
+    """
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or not spec.submodule_search_locations:
+        return None, "k-diffusion ABSENT (not installed; `pip install --no-deps k-diffusion` adds it without touching torch)"
+    path = list(spec.submodule_search_locations)[0] + "/sampling.py"
+    pkg, utils = types.ModuleType(_KD), types.ModuleType(_KD + ".utils")
+    pkg.__path__ = []
+    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
+    stubs = {_KD: pkg, _KD + ".utils": utils}
+    for name in ("torchdiffeq", "torchsde"):
+        if importlib.util.find_spec(name) is None:
+            stubs[name] = types.ModuleType(name)
+            stubs[name].odeint = stubs[name].BrownianTree = None
+    saved = {k: sys.modules.get(k) for k in stubs}
+    sys.modules.update(stubs)
     try:
-        import k_diffusion.sampling  # noqa: F401
-    except Exception as e:  # ImportError, or an extra failing at import
-        return f"k-diffusion skipped: `import k_diffusion.sampling` fails ({type(e).__name__}: {str(e)[:80]}); its " \
-               "package __init__ imports accelerate, clean-fid, wandb, torchvision, kornia, ... (not dependencies here)"
-    return "k-diffusion importable, but its driver is not implemented in this benchmark yet (skipped)"
+        loader = importlib.util.spec_from_file_location(_KD + ".sampling", path)
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 -- any failure is reported, never silently skipped
+        return None, f"k-diffusion ABSENT (loading {path} failed: {type(e).__name__}: {str(e)[:100]})"
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    return module, f"k-diffusion: sampling.py loaded alone from {path}"
+
+
+class KDenoiser:
+    """k-diffusion's denoiser D(x_k, sigma) (VE form, x_k = x_t / alpha_t, sigma = sigma_t / alpha_t) from a diffedu model."""
+
+    def __init__(self, model):
+        self.model, self.sch = model, model.schedule
+
+    def __call__(self, x, sigma):
+        t = self.sch.t_from_sigma_bar(sigma[:1].double().cpu())
+        a = float(self.sch.alpha(t))
+        return self.model(a * x, torch.full((len(x),), float(t), dtype=x.dtype)).x0
+
+
+def k_diffusion_sigmas(sch, n, kind):
+    """n sigmas and a final 0: ``"discrete"`` is k-diffusion's DiscreteSchedule.get_sigmas(n) (n timesteps
+    linspace(N - 1, 0, n), log sigma interpolated between the table's entries), ``"karras"`` its
+    get_sigmas_karras(n, sigma_min, sigma_max, rho=7) over the table's range; both in float64."""
+    ab = sch.alphas_cumprod
+    table = ((1 - ab) / ab).sqrt()
+    if kind == "karras":
+        ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+        lo, hi = float(table[0]) ** (1 / 7), float(table[-1]) ** (1 / 7)
+        sig = (hi + ramp * (lo - hi)) ** 7
+    else:
+        t = torch.linspace(len(table) - 1, 0, n, dtype=torch.float64)
+        low, w = t.floor().long(), t - t.floor()
+        high = torch.clamp(low + 1, max=len(table) - 1)
+        sig = ((1 - w) * table.log()[low] + w * table.log()[high]).exp()
+    return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
+
+
+def k_diffusion_peers(kd):
+    """name -> (k-diffusion sampler, kwargs, sigma kind); eta = 0 for the SDE sampler (no noise is drawn)."""
+    quiet = {"noise_sampler": lambda s, s_next: None, "eta": 0.0}
+    return {f"k-diffusion {label} ({kind})": (fn, kw, kind)
+            for label, fn, kw in (("LMS", kd.sample_lms, {}), ("DPM++ 2M", kd.sample_dpmpp_2m, {}),
+                                  ("DPM++ 3M SDE eta=0", kd.sample_dpmpp_3m_sde, quiet))
+            for kind in ("discrete", "karras")}
+
+
+def run_k_diffusion(model, noise, fn, kw, sigmas):
+    """(final samples, model evaluations): x_k = noise / alpha at sigma_max, sampled to sigma = 0, where x = x_k."""
+    m = CountingModel(model)
+    a0 = float(model.schedule.alpha(model.schedule.t_from_sigma_bar(sigmas[:1])))
+    with torch.no_grad():
+        out = fn(KDenoiser(m), noise / a0, sigmas, disable=True, **kw)
+    return out, m.nfe
+
+
+def all_peers(sch, adapter, kd):
+    """name -> run(model, noise, nfe) -> (samples, evaluations): diffusers' schedulers and (if present) k-diffusion's samplers."""
+    peers = {f"diffusers {name}": (lambda make, steps: lambda model, noise, nfe:
+                                   run_peer(model, noise, make, steps(nfe), adapter)[:2])(make, steps)
+             for name, (make, steps) in diffusers_peers().items()}
+    if kd is not None:
+        for name, (fn, kw, kind) in k_diffusion_peers(kd).items():
+            peers[name] = (lambda fn, kw, kind: lambda model, noise, nfe:
+                           run_k_diffusion(model, noise, fn, kw, k_diffusion_sigmas(sch, nfe, kind)))(fn, kw, kind)
+    return peers
 
 
 def run_peer(model, noise, make, n_steps, adapter, sched=None):
@@ -195,30 +347,34 @@ def random_mixture(seed: int, dim: int = 2) -> toy.GaussianMixture:
 
 
 def make_problem(name, mix, sch, n, seed, pilot_n=256):
-    """The exact model, the noise (seed), its DOP853 reference, and the pilot error densities (orders 2, 3; pilot seed + 7)."""
+    """The exact model, the noise (seed), its DOP853 reference, the pilot error densities (orders 2, 3; pilot seed + 7),
+    and the calibration batch (seed 10000 + seed, disjoint from the evaluation noise) with the model's fine solve of it."""
     model = mix.denoiser(sch)
     noise = torch.randn(n, mix.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     pilot = torch.randn(pilot_n, mix.dim, generator=torch.Generator().manual_seed(seed + 7), dtype=torch.float64)
+    x_cal = torch.randn(CAL["n"], mix.dim, generator=torch.Generator().manual_seed(10000 + seed), dtype=torch.float64)
     ref = ode.solve_pf_ode_reference(model, noise, 1.0, 0.0, rtol=1e-10, atol=1e-10)
     density = {o: error_density(model, pilot, o) for o in (2, 3)}
-    return {"name": name, "model": model, "sch": sch, "noise": noise, "ref": ref, "density": density}
+    return {"name": name, "model": model, "sch": sch, "noise": noise, "ref": ref, "density": density, "seed": seed,
+            "x_cal": x_cal, "fine_cal": calibrated.fine_solve(model, x_cal), "cache": {}}
 
 
 def error(prob, out):
     return float((out - prob["ref"]).norm(dim=1).mean())
 
 
-#: the smoke test's (--quick) field: three solvers, four grid constructions
+#: the smoke test's (--quick) field: three solvers, four fixed grid constructions (no calibration)
 QUICK = (("unipc-3 bh2", "ipndm-4", "dpm-solver++3m"), ("t^1.5", "t^2", "adaptive g=0.6", "karras 7"))
 
 
-def select_grids(train, nfes, names=tuple(SOLVER_COSTS), grids=tuple(GRID_CANDIDATES)):
-    """(solver, nfe) -> the grid construction with the least mean log error over the training problems."""
+def select_grids(train, nfes, names=tuple(SOLVER_COSTS), grids=None):
+    """(solver, nfe) -> the construction with the least mean log error over the training problems (``grids``: a
+    fixed subset for every solver; None: each solver's own :func:`constructions`)."""
     best = {}
     for name in names:
         for nfe in nfes:
             score = {}
-            for gname in grids:
+            for gname in (grids or constructions(name)):
                 errs = []
                 for prob in train:
                     fn, kw, ts = solver_grid(prob, name, gname, nfe)
@@ -228,7 +384,7 @@ def select_grids(train, nfes, names=tuple(SOLVER_COSTS), grids=tuple(GRID_CANDID
     return best
 
 
-def evaluate(prob, selection, peers, adapter, nfes):
+def evaluate(prob, selection, peers, nfes):
     """{nfe: (ours {solver: err}, peers {name: err})} on one problem, every solver on its selected grid."""
     out = {}
     for nfe in nfes:
@@ -238,8 +394,8 @@ def evaluate(prob, selection, peers, adapter, nfes):
             x, used, _ = run_diffedu(prob["model"], prob["noise"], fn, kw, ts)
             if used <= nfe:
                 ours[name] = error(prob, x)
-        for name, (make, steps) in peers.items():
-            x, used, _ = run_peer(prob["model"], prob["noise"], make, steps(nfe), adapter)
+        for name, run in peers.items():
+            x, used = run(prob["model"], prob["noise"], nfe)
             e = error(prob, x)
             if used <= nfe and math.isfinite(e):
                 theirs[name] = e
@@ -290,7 +446,7 @@ def print_problem(prob, res, selection, nfes):
         print(f"{'diffedu ' + name:30s}{cells}   [" + ", ".join(selection[name, n] for n in nfes) + "]")
     for name in dict.fromkeys(k for n in nfes for k in res[n][1]):
         cells = "".join(f"{res[n][1][name]:11.2e}" if name in res[n][1] else f"{'nan':>11s}" for n in nfes)
-        print(f"{'diffusers ' + name:30s}{cells}")
+        print(f"{name:30s}{cells}")
     ratios = {}
     for n in nfes:
         ours, theirs = res[n]
@@ -301,8 +457,8 @@ def print_problem(prob, res, selection, nfes):
     return ratios
 
 
-def ddim_identity(prob, peers, adapter, nfes):
-    make = peers["DDIMScheduler (trailing)"][0]
+def ddim_identity(prob, adapter, nfes):
+    make = diffusers_peers()["DDIMScheduler (trailing)"][0]
     for n in nfes:
         a, _, _ = run_diffedu(prob["model"], prob["noise"], ode.sample_ddim, {}, ode.grid_ddpm(prob["sch"], n, "trailing"))
         b, _, _ = run_peer(prob["model"], prob["noise"], make, n, adapter)
@@ -311,20 +467,40 @@ def ddim_identity(prob, peers, adapter, nfes):
               f"with diffusers' table in float64: max |diffedu - diffusers64| = {float((a - c).abs().max()):.2e}")
 
 
-def overheads(prob, selection, peers, nfe):
+def overheads(prob, selection, nfe, sch, kd):
     """ms per evaluation / per step / per step on a new grid, zero-cost model, 4096 x dim."""
     print(f"\nsolver overhead at NFE {nfe} with a zero-cost model, 4096 x {prob['noise'].shape[1]}, median of 21: ms per "
           "evaluation, ms per step, ms per step making the grid in every run (diffedu: the adaptive density is measured "
-          "once per model; the grid from it is rebuilt)")
+          "once per model, a calibration is made once per model, solver and NFE; the Grid is rebuilt)")
     for name in dict.fromkeys(k for k, _ in selection):
         fn, kw, ts = solver_grid(prob, name, selection[name, nfe], nfe)
         built = Grid(prob["sch"], ts)
         r = overhead_ms(lambda m, x, fresh: run_diffedu(m, x, fn, kw, solver_grid(prob, name, selection[name, nfe], nfe)[2]
                                                         if fresh else built)[2], prob["model"])
         print(f"  diffedu {name:24s}{r[0]:9.3f}{r[1]:9.3f}{r[2]:9.3f}   {'ok' if r[1] <= 0.2 else 'MISS (> 0.2 ms/step)'}")
-    for name, (make, steps) in peers.items():
+    for name, (make, steps) in diffusers_peers().items():
         r = overhead_ms(lambda m, x, fresh: run_peer(m, x, make, steps(nfe), None)[2], prob["model"])
         print(f"  diffusers {name:22s}{r[0]:9.3f}{r[1]:9.3f}{r[2]:9.3f}")
+    for name, (fn, kw, kind) in (k_diffusion_peers(kd).items() if kd is not None else ()):
+        sig = k_diffusion_sigmas(sch, nfe, kind)
+        r = overhead_ms(lambda m, x, fresh: (run_k_diffusion(m, x, fn, kw, k_diffusion_sigmas(sch, nfe, kind) if fresh else sig),
+                                             nfe)[1], prob["model"])
+        print(f"  {name:32s}{r[0]:9.3f}{r[1]:9.3f}{r[2]:9.3f}")
+
+
+def calibration_costs(probs):
+    """One line per calibrated (solver, construction, NFE): median seconds and model evaluations over the problems."""
+    rows = {}
+    for prob in probs:
+        for (name, gname, nfe), (_, _, secs, evals) in prob["cache"].items():
+            rows.setdefault((name, gname, nfe), []).append((secs, evals))
+    if not rows:
+        return
+    print(f"\ncalibration cost (one-off per model, solver and NFE; batch {CAL['n']} x dim, NM budget {CAL['evals']}, plus the fine solve of it, "
+          "400 evaluations, shared): median over the held-out problems")
+    for (name, gname, nfe), v in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        print(f"  {name:16s} {gname:12s} NFE {nfe:3d}: {np.median([a for a, _ in v]):6.2f} s, "
+              f"{int(np.median([b for _, b in v])):6d} evaluations on the calibration batch")
 
 
 def main(argv=None):
@@ -338,38 +514,57 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-overhead", action="store_true")
     ap.add_argument("--quick", action="store_true", help="128 points, NFE 10 20, 1 training mixture, the ring, the solvers and grids of QUICK")
+    ap.add_argument("--solvers", default=",".join(SOLVER_COSTS), help="comma-separated diffedu solvers (default: all)")
+    ap.add_argument("--calibrate", default=",".join(CALIBRATED), help="solvers that get calibrated grids ('' for none)")
+    ap.add_argument("--fits", default="2,3,4", help="histories h of calibrated-ms to select among")
+    ap.add_argument("--cal-n", type=int, default=512, help="calibration batch size (default 512)")
+    ap.add_argument("--cal-evals", type=int, default=150, help="Nelder-Mead budget of a calibration (default 150)")
     args = ap.parse_args(argv)
+    CAL.update(n=args.cal_n, evals=args.cal_evals)
+    CALIBRATED[:] = [c for c in args.calibrate.split(",") if c]
+    FITS.clear()
+    FITS.update({f"fit h={h}": int(h) for h in args.fits.split(",") if h})
+    names = tuple(n for n in args.solvers.split(",") if n)
+    unknown = [n for n in names if n not in SOLVER_COSTS]
+    if unknown:
+        ap.error(f"--solvers: unknown {unknown}; choose from {list(SOLVER_COSTS)}")
     if args.quick:
         args.n, args.nfe, args.train, args.heldout, args.no_overhead = 128, [10, 20], 1, 0, True
     torch.set_num_threads(args.threads)
     sch = schedules.DiscreteSchedule.linear()
-    print(k_diffusion_status())
+    kd, kd_status = load_k_diffusion_sampling()
+    print(kd_status)
     t0 = time.perf_counter()
     train = [make_problem(f"train seed {1000 + k}", random_mixture(1000 + k, args.dim), sch, args.n, args.seed + 100 + k)
              for k in range(args.train)]
-    selection = select_grids(train, args.nfe, *(QUICK if args.quick else ()))
+    selection = select_grids(train, args.nfe, *(QUICK if args.quick else (names,)))
     print(f"grid constructions selected on {len(train)} training mixtures (seeds "
-          f"{[1000 + k for k in range(args.train)]}, dim {args.dim}) in {time.perf_counter() - t0:.0f}s:")
+          f"{[1000 + k for k in range(args.train)]}, dim {args.dim}; calibration noise seeds "
+          f"{[10000 + p['seed'] for p in train]}) in {time.perf_counter() - t0:.0f}s:")
     for name in dict.fromkeys(k for k, _ in selection):
         print(f"  {name:18s}" + ", ".join(f"NFE {n}: {selection[name, n]}" for n in args.nfe))
     held = [(f"held-out seed {2000 + k} (dim {args.dim})", random_mixture(2000 + k, args.dim)) for k in range(args.heldout)]
     if args.dim == 2:
         held.append(("ring (8 Gaussians, r 4, std 0.5)", toy.eight_gaussians(radius=4.0, std=0.5)))
-    peers, adapter = diffusers_peers(), TimestepAdapter(sch)
+    adapter = TimestepAdapter(sch)
+    peers = all_peers(sch, adapter, kd)
     summary, probs = {}, []
     for k, (name, mix) in enumerate(held):
         prob = make_problem(name, mix, sch, args.n, args.seed + k)
         probs.append(prob)
-        summary[name] = print_problem(prob, evaluate(prob, selection, peers, adapter, args.nfe), selection, args.nfe)
-        ddim_identity(prob, peers, adapter, args.nfe)
-    print("\nsummary: best diffedu / best peer (goal <= 0.5)")
+        print(f"\n[{name}: evaluation noise seed {prob['seed']}, calibration noise seed {10000 + prob['seed']}]"
+              + ("" if kd is not None else f" [{kd_status}]"))
+        summary[name] = print_problem(prob, evaluate(prob, selection, peers, args.nfe), selection, args.nfe)
+        ddim_identity(prob, adapter, args.nfe)
+    print(f"\nsummary: best diffedu / best peer (goal <= 0.5){'' if kd is not None else ' -- ' + kd_status}")
     print(f"{'problem':40s}" + "".join(f"{'NFE ' + str(n):>10s}" for n in args.nfe))
     for name, r in summary.items():
         print(f"{name:40s}" + "".join(f"{r[n]:10.3f}" for n in args.nfe))
     misses = sum(r[n] > 0.5 for r in summary.values() for n in args.nfe)
     print(f"misses: {misses} of {len(summary) * len(args.nfe)}")
+    calibration_costs(probs)
     if not args.no_overhead and args.dim == 2:
-        overheads(probs[-1], selection, peers, 20 if 20 in args.nfe else args.nfe[0])
+        overheads(probs[-1], selection, 20 if 20 in args.nfe else args.nfe[0], sch, kd)
     return summary
 
 

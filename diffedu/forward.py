@@ -5,6 +5,7 @@ q(x_t | x0) = N(alpha_t x0, sigma_t^2 I), so x_t = alpha_t x0 + sigma_t eps with
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -14,7 +15,8 @@ from diffedu._checks import append_dims, check_data, check_finite, check_generat
 from diffedu.schedules import Schedule
 
 __all__ = ["NoisySample", "add_noise", "sample_times", "independent_coupling", "ot_coupling",
-           "transition", "posterior_coefficients", "posterior", "VARIANCES", "reverse_log_variance", "reverse_kernel"]
+           "transition", "posterior_coefficients", "posterior", "ddim_posterior_coefficients", "ddim_posterior",
+           "VARIANCES", "reverse_log_variance", "reverse_kernel"]
 
 
 class NoisySample(NamedTuple):
@@ -96,6 +98,8 @@ def ot_coupling(x0: torch.Tensor, x1: torch.Tensor):
 # ------------------------------------------- forward transition q(x_t | x_s) and posterior q(x_s | x_t, x0)
 def _time(t, like, name):
     """A time as a 0-d or (B,) float64 tensor on like's device, not expanded (coefficients stay cheap)."""
+    if isinstance(t, float) or (isinstance(t, int) and not isinstance(t, bool)):
+        t = torch.tensor(float(t), dtype=torch.float64)  # a Python float stays float64, not the default float32
     t = check_time(t, None, name)
     if like is not None:
         if t.ndim == 1 and t.shape[0] != like.shape[0]:
@@ -155,6 +159,63 @@ def posterior(schedule: Schedule, x_t: torch.Tensor, x0: torch.Tensor, t, s):
     check_like(x0, x_t, "x0", "x_t")
     t, s = _pair(t, s, x_t)
     c_x0, c_xt, var = posterior_coefficients(schedule, t, s)
+    c_x0, c_xt = c_x0.to(x_t.dtype), c_xt.to(x_t.dtype)
+    mean = append_dims(c_x0, x_t) * x0 + append_dims(c_xt, x_t) * x_t
+    return mean, var.to(x_t.dtype)
+
+
+# ------------------------------ DDIM's non-Markovian family q_eta(x_s | x_t, x0) (Song, Meng, Ermon 2021)
+def _check_eta(eta):
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta: expected a finite float >= 0 (0: deterministic DDIM, 1: the DDPM posterior), got {eta!r}")
+    return float(eta)
+
+
+def ddim_posterior_coefficients(schedule: Schedule, t, s, eta: float = 1.0):
+    """(c_x0, c_xt, var) with q_eta(x_s | x_t, x0) = N(c_x0 x0 + c_xt x_t, var I), s < t: DDIM's family (monograph §9.3).
+
+    Song, Meng & Ermon (2021) keep every marginal q(x_t | x0) = N(alpha_t x0, sigma_t^2 I) but
+    replace the DDPM posterior by a family indexed by its standard deviation c = eta sqrt(tilde-beta):
+
+        x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) (x_t - alpha_t x0) / sigma_t + c z,    z ~ N(0, I),
+
+    i.e. "predict the noise of x_t, then re-noise with a share c of fresh noise", so
+    c_xt = sqrt(sigma_s^2 - c^2) / sigma_t, c_x0 = alpha_s - c_xt alpha_t and var = c^2, with
+    tilde-beta = sigma_s^2 (1 - (sigma_bar_s / sigma_bar_t)^2) the DDPM posterior variance
+    (:func:`posterior_coefficients`). If x_t ~ q(x_t | x0), then x_s ~ q(x_s | x0) for *every* eta:
+    the forward process built from this posterior is non-Markovian (x_t depends on x0 and x_s)
+    but has DDPM's marginals, so one denoiser trained on them serves the whole family. eta = 1 is
+    the DDPM posterior; eta = 0 is deterministic (var = 0), and with x0 -> x0_hat it is the DDIM
+    ODE step. ``eta`` may exceed 1 as long as c <= sigma_s. At sigma_s = 0: (alpha_s, 0, 0).
+    Float64 tensors of the broadcast shape of (t, s).
+    """
+    eta = _check_eta(eta)
+    t, s = _pair(t, s)
+    a_ts, var_ts = transition(schedule, t, s)
+    a_t, s_t = schedule.alpha(t), schedule.sigma(t)
+    a_s, s_s = schedule.alpha(s), schedule.sigma(s)
+    r2 = (a_ts * s_s / s_t) ** 2               # (sigma_bar_s / sigma_bar_t)^2
+    var = eta**2 * var_ts * s_s**2 / s_t**2    # c^2 = eta^2 tilde-beta
+    keep = (1.0 - eta**2) + eta**2 * r2        # (sigma_s^2 - c^2) / sigma_s^2
+    if (keep < -1e-12).any():
+        raise ValueError(f"eta: {eta} makes the noise std c exceed sigma_s on this step; "
+                         "DDIM's family needs c <= sigma_s (eta <= 1 always works)")
+    c_xt = s_s * keep.clamp_min(0).sqrt() / s_t  # share of the noise estimate kept
+    c_x0 = a_s - c_xt * a_t
+    return c_x0, c_xt, var
+
+
+def ddim_posterior(schedule: Schedule, x_t: torch.Tensor, x0: torch.Tensor, t, s, eta: float = 1.0):
+    """Mean and variance of DDIM's non-Markovian posterior q_eta(x_s | x_t, x0), s < t (monograph §9.3; Song et al. 2021).
+
+    Returns ``(mean, var)`` with mean shaped like x_t and var of shape (B,) or () (isotropic); see
+    :func:`ddim_posterior_coefficients`. With x0 -> the model's x0_hat(x_t, t), mean + sqrt(var) z
+    is one step of :func:`diffedu.samplers.sample_ddim` with this ``eta``.
+    """
+    check_data(x_t, "x_t")
+    check_like(x0, x_t, "x0", "x_t")
+    t, s = _pair(t, s, x_t)
+    c_x0, c_xt, var = ddim_posterior_coefficients(schedule, t, s, eta)
     c_x0, c_xt = c_x0.to(x_t.dtype), c_xt.to(x_t.dtype)
     mean = append_dims(c_x0, x_t) * x0 + append_dims(c_xt, x_t) * x_t
     return mean, var.to(x_t.dtype)

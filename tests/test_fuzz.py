@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffedu import autodiff, data, distill, engine, forward, gaussian, guidance, nets, param, samplers, sde, toy
+from diffedu import autodiff, data, distill, engine, forward, gaussian, guidance, nets, param, processes, samplers, sde, toy
 from diffedu import schedules as S
 from diffedu.metrics import samples as metrics
 from diffedu.nets import MLP
@@ -27,6 +27,16 @@ VP = S.VPLinear()
 MIX = toy.eight_gaussians()
 LAB = toy.labelled_mixture()
 MODEL = MIX.denoiser(VP)
+DW = torch.zeros(3, 4, 2, dtype=torch.float64)
+XP = X.abs() + 0.1
+
+
+def _sde_a(x, t):
+    return -x
+
+
+def _sde_b(x, t):
+    return 0.5 * torch.ones_like(x)
 CMODEL = LAB.denoiser(VP)
 
 
@@ -91,6 +101,31 @@ API = [
      {"schedule": "schedule", "t": "time1", "s": "time1"}),
     ("forward.posterior", forward.posterior, dict(schedule=VP, x_t=X, x0=X, t=0.5, s=0.2),
      {"schedule": "schedule", "x_t": "data", "x0": "like", "t": "time", "s": "time"}),
+    ("processes.brownian_increments", processes.brownian_increments, dict(shape=(4, 2), n_steps=3, dt=0.1),
+     {"n_steps": "count", "dt": "positive", "generator": "generator"}),
+    ("processes.coarsen", processes.coarsen, dict(dw=DW, factor=3), {"factor": "count"}),
+    ("processes.euler_maruyama", processes.euler_maruyama, dict(drift=_sde_a, diffusion=_sde_b, x0=X, dt=0.1, dw=DW),
+     {"drift": "callable", "diffusion": "callable", "x0": "data", "dt": "positive", "t0": "real"}),
+    ("processes.milstein", processes.milstein, dict(drift=_sde_a, diffusion=_sde_b, d_diffusion=_sde_a, x0=X, dt=0.1, dw=DW),
+     {"drift": "callable", "diffusion": "callable", "d_diffusion": "callable", "x0": "data", "dt": "positive", "t0": "real"}),
+    ("processes.gbm_solution", processes.gbm_solution, dict(x0=XP, w=X, t=1.0, mu=0.1, sigma=0.2),
+     {"x0": "data", "w": "like", "t": "nonneg", "mu": "real", "sigma": "nonneg"}),
+    ("processes.gbm_moments", processes.gbm_moments, dict(x0=XP, t=T, mu=0.1, sigma=0.2),
+     {"x0": "data", "t": "nonneg", "mu": "real", "sigma": "nonneg"}),
+    ("processes.gbm_log_prob", processes.gbm_log_prob, dict(x=XP, x0=XP, t=1.0, mu=0.1, sigma=0.2),
+     {"x": "data", "x0": "like", "t": "positive", "mu": "real", "sigma": "positive"}),
+    ("processes.ou_moments", processes.ou_moments, dict(x0=X, t=T, theta=1.0, sigma=0.5),
+     {"x0": "data", "t": "nonneg", "theta": "positive", "sigma": "nonneg", "var0": "nonneg"}),
+    ("processes.ou_log_prob", processes.ou_log_prob, dict(x=X, x0=X, t=T, theta=1.0, sigma=0.5),
+     {"x": "data", "x0": "like", "t": "positive", "theta": "positive", "sigma": "positive", "var0": "nonneg"}),
+    ("processes.ou_noise", processes.ou_noise, dict(shape=(4, 2), n_steps=3, dt=0.1, theta=1.0),
+     {"n_steps": "count", "dt": "positive", "theta": "positive", "generator": "generator"}),
+    ("processes.ou_solution", processes.ou_solution, dict(x0=X, integrals=DW, dt=0.1, theta=1.0, sigma=0.5),
+     {"x0": "data", "dt": "positive", "theta": "positive", "sigma": "nonneg"}),
+    ("forward.ddim_posterior_coefficients", forward.ddim_posterior_coefficients, dict(schedule=VP, t=0.5, s=0.2, eta=0.5),
+     {"schedule": "schedule", "t": "time1", "s": "time1", "eta": "nonneg"}),
+    ("forward.ddim_posterior", forward.ddim_posterior, dict(schedule=VP, x_t=X, x0=X, t=0.5, s=0.2, eta=0.5),
+     {"schedule": "schedule", "x_t": "data", "x0": "like", "t": "time", "s": "time", "eta": "nonneg"}),
     ("forward.reverse_kernel", forward.reverse_kernel, dict(model=MODEL, x_t=X, t=0.5, s=0.2),
      {"model": "model", "x_t": "data", "t": "time", "s": "time", "variance": "kind"}),
     ("forward.reverse_log_variance", forward.reverse_log_variance, dict(schedule=VP, t=0.5, s=0.2),
@@ -144,6 +179,9 @@ API = [
      {"name": "kind", "n": "count"}),
     ("toy.empirical_mixture", toy.empirical_mixture, dict(x=X, std=0.1), {"x": "data", "std": "nonneg"}),
     ("metrics.sliced_wasserstein", metrics.sliced_wasserstein, dict(x=X, y=X), {"x": "data", "y": "like", "n_projections": "count"}),
+    ("metrics.sliced_wasserstein_to_target", metrics.sliced_wasserstein_to_target,
+     dict(generate=lambda n, g: torch.randn(n, 2, generator=g), sample=lambda n, g: torch.randn(n, 2, generator=g), n=8, n_ref=2),
+     {"generate": "callable", "sample": "callable", "n": "count", "n_ref": "count", "n_projections": "count", "generator": "generator"}),
     ("metrics.moment_errors", metrics.moment_errors, dict(x=X, mean=torch.zeros(2), cov=torch.eye(2)), {"x": "data"}),
     ("metrics.kl_monte_carlo", metrics.kl_monte_carlo, dict(log_p=lambda z: z[:, 0], log_q=lambda z: z[:, 1], samples_p=X),
      {"log_p": "callable", "log_q": "callable", "samples_p": "data"}),
@@ -188,6 +226,25 @@ API = [
     *[(f"samplers.{fn.__name__}", fn, dict(model=MODEL, x=X, ts=GRID, generator=torch.Generator()),
        {"model": "model", "x": "data", "ts": "grid", "generator": "generator"})
       for fn in (samplers.sample_ancestral, samplers.sample_euler_maruyama)],
+    # ParaDiGMS and the calibrated grids / multistep solver (monograph §9.4-9.5, §9.8)
+    ("samplers.sample_paradigms", samplers.sample_paradigms, dict(model=MODEL, x=X, ts=GRID, window=2, tol=1e-3),
+     {"model": "model", "x": "data", "ts": "grid", "window": "count", "tol": "nonneg"}),
+    ("samplers.fine_solve", samplers.fine_solve, dict(model=MODEL, x=X, steps=4), {"model": "model", "x": "data", "steps": "count"}),
+    ("samplers.FineTrajectory", samplers.FineTrajectory, dict(model=MODEL, x=X, steps=4),
+     {"model": "model", "x": "data", "steps": "count"}),
+    ("samplers.grid_loss", samplers.grid_loss, dict(model=MODEL, solver=samplers.sample_ddim, ts=GRID, x=X, target=X),
+     {"solver": "callable", "x": "data", "target": "like"}),
+    ("samplers.grid_calibrated", samplers.grid_calibrated,
+     dict(model=MODEL, solver=samplers.sample_ddim, n_steps=2, x_cal=X, fine_steps=4, max_evals=3),
+     {"model": "model", "solver": "callable", "n_steps": "count", "x_cal": "data", "knots": "count", "max_evals": "count",
+      "fine_steps": "count"}),
+    ("samplers.calibrate_multistep", samplers.calibrate_multistep,
+     dict(model=MODEL, n_steps=2, x_cal=X, fine_steps=4, max_evals=3),
+     {"model": "model", "n_steps": "count", "x_cal": "data", "history": "count", "knots": "count", "max_evals": "count",
+      "fine_steps": "count"}),
+    ("samplers.sample_calibrated", samplers.sample_calibrated,
+     dict(model=MODEL, x=X, ts=GRID, weights=[(0.5, 0.5), (0.5, 0.4, 0.1), (0.0, 1.0, 0.0)]),
+     {"model": "model", "x": "data", "ts": "grid"}),
     ("toy.flow_map", toy.flow_map, dict(mixture=MIX, schedule=VP, x=X, s=1.0, t=0.5, rtol=1e-6, atol=1e-6),
      {"mixture": "mixture", "schedule": "schedule", "x": "data", "s": "time", "t": "time", "rtol": "positive"}),
     ("toy.average_velocity", toy.average_velocity, dict(mixture=MIX, schedule=RF, x=X, r=0.2, t=0.6, rtol=1e-6, atol=1e-6),

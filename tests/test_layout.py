@@ -1,7 +1,7 @@
 """The package's architecture, checked: the import rule between rooms, explicit exports, short functions.
 
 The rule (README "Layout"): the foundation (``_checks, schedules, gaussian, forward, param, sde,
-toy, autodiff``) imports nothing above it; the rooms ``objectives, samplers, nets, data,
+processes, toy, autodiff``) imports nothing above it; the rooms ``objectives, samplers, nets, data,
 metrics, engine`` import the foundation and, among themselves, never ``objectives`` (and
 ``objectives`` never ``samplers``); ``guidance, likelihood, transport, distill, baselines`` may
 import both layers below; ``viz, notebook, exercises`` sit on top. Only the top imports
@@ -17,7 +17,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "diffedu"
 
-FOUNDATION = {"_checks", "schedules", "gaussian", "forward", "param", "sde", "toy", "autodiff"}
+FOUNDATION = {"_checks", "schedules", "gaussian", "forward", "param", "sde", "processes", "toy", "autodiff"}
 ROOMS = {"objectives", "samplers", "nets", "data", "metrics", "engine"}
 UPPER = {"guidance", "likelihood", "transport", "distill", "baselines"}
 TOP = {"viz", "notebook", "exercises", "__main__", "train_images"}

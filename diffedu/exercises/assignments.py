@@ -43,9 +43,11 @@ POINTS: dict[str, float] = {
     "6.1": 3, "6.2": 2, "6.3": 1,
     "8.1": 1, "8.2": 2, "8.3": 3, "8.4": 2,
     "7.1": 2, "7.2": 2, "7.3": 2, "7.4": 1,
-    "9.1": 2, "9.2": 2, "9.3": 3,
+    "9.1": 2, "9.2": 2, "9.3": 3, "9.4": 2,
     "10.1": 2, "10.2": 2, "10.3": 1,
     "I.1": 2, "I.2": 2, "I.3": 1,
+    "A.1": 2, "A.2": 2, "A.3": 3,
+    "B.1": 2, "B.2": 2, "B.3": 3,
 }
 #: points of an exercise that :data:`POINTS` does not list
 DEFAULT_POINTS = 1
@@ -84,8 +86,15 @@ DISABLED: dict[str, tuple[str, ...]] = {
     "9.1": ("diffedu.samplers.ode.sample_ddim",),
     "9.2": ("diffedu.samplers.grids.grid_log_snr",),
     "9.3": ("diffedu.samplers.ode.sample_dpm_solver_pp_2m",),
+    "9.4": ("diffedu.forward.ddim_posterior", "diffedu.forward.ddim_posterior_coefficients", "diffedu.samplers.ode.sample_ddim"),
     "I.1": ("diffedu.metrics.images.gaussian_frechet_distance",),
     "I.2": ("diffedu.metrics.images.mmd2_polynomial",),
+    "A.1": ("diffedu.processes.euler_maruyama",),
+    "A.2": ("diffedu.processes.milstein",),
+    "A.3": ("diffedu.toy.flow_map",),
+    "B.1": ("diffedu.autodiff.jacobian_trace",),
+    "B.2": ("diffedu.processes.ou_log_prob", "diffedu.processes.ou_moments"),
+    "B.3": ("diffedu.likelihood.fokker_planck.fokker_planck_residual",),
 }
 
 _CHECK_NAME_RE = re.compile(r"^check_\w+$")

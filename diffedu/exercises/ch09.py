@@ -11,6 +11,7 @@ exercise   reader writes                    reference
 9.1        ``ddim_step``                    one deterministic DDIM step (§9.3)
 9.2        ``log_snr_grid``                 times uniform in the half log-SNR (§9.4)
 9.3        ``dpm_pp_2m_step``               one DPM-Solver++(2M) step (§9.4)
+9.4        ``ddim_eta_step``                one step of DDIM's eta family with given noise (§9.3)
 =========  ===============================  ==================================================
 """
 from __future__ import annotations
@@ -23,8 +24,8 @@ from diffedu._checks import append_dims
 from diffedu.schedules import DiscreteSchedule, VPCosine, VPLinear
 from .core import Case, CheckResult, check, seeded
 
-__all__ = ["ddim_step", "log_snr_grid", "dpm_pp_2m_step",
-           "check_ddim_step", "check_log_snr_grid", "check_dpm_pp_2m_step", "EXERCISES"]
+__all__ = ["ddim_step", "log_snr_grid", "dpm_pp_2m_step", "ddim_eta_step",
+           "check_ddim_step", "check_log_snr_grid", "check_dpm_pp_2m_step", "check_ddim_eta_step", "EXERCISES"]
 
 
 # ----------------------------------------------------------------------------- references
@@ -57,6 +58,18 @@ def dpm_pp_2m_step(x_t, x0_now, x0_prev, t_prev, t, s, schedule):
     s_t, s_s = append_dims(schedule.sigma(t), x_t), append_dims(schedule.sigma(s), x_t)
     a_s = append_dims(schedule.alpha(s), x_t)
     return (s_s / s_t) * x_t - a_s * torch.expm1(-h) * D
+
+
+def ddim_eta_step(x_t, x0_hat, z, t, s, eta, schedule):
+    """One step t -> s < t of DDIM's eta family (Song et al. 2021; monograph §9.3), with the noise z given:
+    c = eta sigma_s sqrt(1 - (sigma_bar_s / sigma_bar_t)^2) (eta times the DDPM posterior std),
+    x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) (x_t - alpha_t x0_hat) / sigma_t + c z. t, s: (B,); eta a float."""
+    a_t, s_t = append_dims(schedule.alpha(t), x_t), append_dims(schedule.sigma(t), x_t)
+    a_s, s_s = append_dims(schedule.alpha(s), x_t), append_dims(schedule.sigma(s), x_t)
+    ratio = (s_s / a_s) / (s_t / a_t)
+    c = eta * s_s * torch.sqrt(1 - ratio**2)
+    eps_hat = (x_t - a_t * x0_hat) / s_t
+    return a_s * x0_hat + torch.sqrt(s_s**2 - c**2) * eps_hat + c * z
 
 
 # ----------------------------------------------------------------------------- test inputs
@@ -103,9 +116,20 @@ def check_dpm_pp_2m_step(fn: Callable) -> CheckResult:
                  rtol=1e-6, atol=1e-8)
 
 
+def check_ddim_eta_step(fn: Callable) -> CheckResult:
+    """Exercise 9.4: ddim_eta_step(x_t, x0_hat, z, t, s, eta, schedule) -> shaped like x_t, for eta in {0, 0.5, 1}."""
+    cases = []
+    for eta in (0.0, 0.5, 1.0):
+        for c in _step_cases(904 + int(10 * eta), lambda g, sh, tp, t, s, sc: (_randn(g, sh), _randn(g, sh), _randn(g, sh), t, s, sc)):
+            x_t, x0_hat, z, t, s, sc = c.args
+            cases.append(Case((x_t, x0_hat, z, t, s, eta, sc), label=f"{c.label}, eta = {eta}", t=c.t))
+    return check("9.4", fn, ddim_eta_step, cases, rtol=1e-6, atol=1e-8)
+
+
 #: exercise id -> (checker, reference); the tests run every checker against its reference.
 EXERCISES = {
     "9.1": (check_ddim_step, ddim_step),
     "9.2": (check_log_snr_grid, log_snr_grid),
     "9.3": (check_dpm_pp_2m_step, dpm_pp_2m_step),
+    "9.4": (check_ddim_eta_step, ddim_eta_step),
 }
