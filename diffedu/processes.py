@@ -1,4 +1,4 @@
-"""Itô processes with closed forms, and the two textbook SDE integrators (monograph Appendix A, B).
+"""Itô processes with closed forms, the two textbook SDE integrators, and Girsanov weights (monograph Appendix A-C).
 
 Appendix A of the monograph is a crash course on the differential equations beneath diffusion
 models; Appendix B follows a density along them (change of variables -> continuity equation ->
@@ -32,7 +32,7 @@ from diffedu.gaussian import LOG_2PI, gaussian_log_prob
 
 __all__ = ["brownian_increments", "coarsen", "euler_maruyama", "milstein",
            "gbm_solution", "gbm_moments", "gbm_log_prob",
-           "ou_moments", "ou_log_prob", "ou_noise", "ou_solution"]
+           "ou_moments", "ou_log_prob", "ou_noise", "ou_solution", "girsanov_log_weight"]
 
 
 # ----------------------------------------------------------------------------- checks
@@ -278,3 +278,28 @@ def ou_solution(x0: torch.Tensor, integrals: torch.Tensor, dt: float, theta: flo
     theta, sigma = _ou_params(theta, sigma)
     decay = math.exp(-theta * dt)
     return _integrate(lambda x, t, i: decay * x + sigma * i, x0, dt, integrals, 0.0, return_path)
+
+
+# ----------------------------------------------------------------------------- Girsanov
+def girsanov_log_weight(u: torch.Tensor, dw: torch.Tensor, dt: float) -> torch.Tensor:
+    """log dQ/dP of a path on the grid: sum_k u_k . dW_k - 1/2 sum_k |u_k|^2 dt, shape (B,) (monograph Appendix C, §4).
+
+    P is the law of dX = a dt + g dW and Q that of dX = (a + g u) dt + g dW (diagonal g > 0, so
+    u = (b_Q - b_P) / g); ``dw`` (N, B, ...) are the increments of P's Brownian motion along the
+    path and ``u`` (N, B, ...) the drift change at the left points t_k (Itô), e.g. u(X_k, t_k).
+    Girsanov's theorem: E_Q[F(X)] = E_P[F(X) exp(log weight)]. Under Q the same path has
+    dW^P = dW^Q + u dt, and KL(Q || P) = E_Q[log weight] = 1/2 E_Q int |u|^2 dt, the identity behind
+    the continuous-time diffusion ELBO (monograph §4). Summed over the non-batch dims.
+    """
+    if not torch.is_tensor(u) or not u.is_floating_point() or u.ndim < 2:
+        raise TypeError(f"u: expected a floating tensor of shape (N, B, ...), got {getattr(u, 'shape', type(u).__name__)}")
+    if u.shape[0] < 1 or u.shape[1] < 1:
+        raise ValueError(f"u: expected N >= 1 steps and B >= 1 paths, got shape {tuple(u.shape)}")
+    if not torch.isfinite(u).all():
+        raise ValueError("u: contains NaN or inf")
+    _check_increments(dw, u[0])
+    if dw.shape != u.shape:
+        raise ValueError(f"dw: expected the shape of u {tuple(u.shape)} (one increment per step), got {tuple(dw.shape)}")
+    dt = check_positive(dt, "dt")
+    per = (u * dw - 0.5 * u * u * dt).sum(0)
+    return per.reshape(per.shape[0], -1).sum(1)

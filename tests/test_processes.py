@@ -235,3 +235,53 @@ DW = torch.zeros(4, 3, 1, dtype=D)
 def test_bad_input_names_the_argument(call, name):
     with pytest.raises((TypeError, ValueError), match=name):
         call()
+
+
+# ----------------------------------------------------------------------------- Girsanov
+def test_girsanov_log_weight_is_the_closed_form_for_a_constant_drift():
+    # Q: dX = c dt + dW, P: dX = dW; dQ/dP = exp(c W_T - c^2 T / 2) exactly, whatever the grid
+    c, h, n = 0.8, 0.05, 20
+    dw = P.brownian_increments((6, 2), n, h, generator=_gen(11))
+    u = torch.full_like(dw, c)
+    lw = P.girsanov_log_weight(u, dw, h)
+    assert lw.shape == (6,)
+    torch.testing.assert_close(lw, (c * dw.sum(0) - 0.5 * c**2 * n * h).sum(1))
+    torch.testing.assert_close(P.girsanov_log_weight(torch.zeros_like(dw), dw, h), torch.zeros(6, dtype=D))
+
+
+def test_girsanov_reweighting_reproduces_the_ou_moments():
+    # Brownian paths sigma W from x0 reweighted with u = -theta X / sigma have the OU law (within MC error + O(h))
+    theta, sig, x0v, n, h = 1.0, 1.0, 1.0, 200, 1.0 / 200
+    dw = P.brownian_increments((20000, 1), n, h, generator=_gen(12))
+    path = x0v + sig * torch.cat([torch.zeros(1, 20000, 1, dtype=D), dw.cumsum(0)])
+    w = P.girsanov_log_weight(-theta * path[:-1] / sig, dw, h).exp()
+    assert abs(w.mean().item() - 1) < 4 * w.std().item() / math.sqrt(len(w))          # E_P dQ/dP = 1
+    xt = path[-1, :, 0]
+    mean, var = P.ou_moments(torch.full((1, 1), x0v, dtype=D), 1.0, theta, sig)
+    for f, exact in ((xt, mean.item()), (xt**2, (mean**2 + var).item())):
+        est, se = (w * f).mean().item(), (w * f).std().item() / math.sqrt(len(w))
+        assert abs(est - exact) < 4 * se + 0.01, (est, exact, se)
+    # the unweighted paths are not OU: E_P X_T = x0 = 1, far from e^{-1}
+    assert abs(xt.mean().item() - mean.item()) > 0.5
+
+
+def test_path_kl_is_half_the_integrated_squared_drift_difference():
+    # under Q (drift c1) log dQ/dP(X) with dW^P = dW^Q + u dt has mean 1/2 u^2 T: KL(Q || P) for constant drifts
+    c1, c2, g, n, h = 1.0, -0.5, 2.0, 50, 0.02
+    u = (c1 - c2) / g
+    dwq = P.brownian_increments((20000, 1), n, h, generator=_gen(13))
+    lw = P.girsanov_log_weight(torch.full_like(dwq, u), dwq + u * h, h)
+    se = lw.std().item() / math.sqrt(len(lw))
+    assert abs(lw.mean().item() - 0.5 * u**2 * n * h) < 4 * se
+
+
+def test_girsanov_log_weight_refuses_bad_input():
+    dw = torch.zeros(3, 4, 2, dtype=D)
+    with pytest.raises(ValueError, match="dw"):
+        P.girsanov_log_weight(dw, torch.zeros(2, 4, 2, dtype=D), 0.1)
+    with pytest.raises(TypeError, match="u"):
+        P.girsanov_log_weight([0.0], dw, 0.1)
+    with pytest.raises(ValueError, match="u"):
+        P.girsanov_log_weight(torch.full_like(dw, float("nan")), dw, 0.1)
+    with pytest.raises(ValueError, match="dt"):
+        P.girsanov_log_weight(dw, dw, 0.0)

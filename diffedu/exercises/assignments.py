@@ -48,6 +48,7 @@ POINTS: dict[str, float] = {
     "I.1": 2, "I.2": 2, "I.3": 1,
     "A.1": 2, "A.2": 2, "A.3": 3,
     "B.1": 2, "B.2": 2, "B.3": 3,
+    "C.1": 2, "C.2": 2, "C.3": 3,
 }
 #: points of an exercise that :data:`POINTS` does not list
 DEFAULT_POINTS = 1
@@ -95,6 +96,9 @@ DISABLED: dict[str, tuple[str, ...]] = {
     "B.1": ("diffedu.autodiff.jacobian_trace",),
     "B.2": ("diffedu.processes.ou_log_prob", "diffedu.processes.ou_moments"),
     "B.3": ("diffedu.likelihood.fokker_planck.fokker_planck_residual",),
+    "C.1": ("diffedu.processes.ou_moments",),
+    "C.2": ("diffedu.processes.girsanov_log_weight",),
+    "C.3": ("diffedu.processes.ou_moments",),
 }
 
 _CHECK_NAME_RE = re.compile(r"^check_\w+$")

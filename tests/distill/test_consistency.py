@@ -174,3 +174,21 @@ def test_losses_run_on_images_and_errors_name_the_argument():
         C.cd_loss(model, None, "teacher", x0, ts)
     with pytest.raises(TypeError, match="^net:"):
         C.ConsistencyModel("net", sch)
+
+
+def test_consistency_grid_spacing_follows_the_schedules_clock():
+    """Rectified flow: equal steps in t by default; the Karras grid in sigma_bar crowds its top (monograph §11.2)."""
+    rf, vp = S.RectifiedFlow(), S.VPLinear()
+    uni = C.consistency_grid(rf, 18)
+    assert torch.allclose(uni, torch.linspace(1 - 1e-3, 0.0, 19, dtype=torch.float64))
+    karras = C.consistency_grid(rf, 18, spacing="karras")
+    assert int((karras[:-1] > 0.95).sum()) == 8 and int((uni[:-1] > 0.95).sum()) == 1
+    # VP keeps EDM's grid: equal steps in sigma_bar^(1/rho)
+    g = C.consistency_grid(vp, 6)
+    sb = (vp.sigma(g) / vp.alpha(g)) ** (1 / 7)
+    assert torch.allclose(sb[:-1] - sb[1:], (sb[0] - sb[-1]).expand(6) / 6, rtol=1e-6)
+    assert torch.equal(C.consistency_grid(vp, 6, spacing="uniform"), torch.linspace(1.0, 0.0, 7, dtype=torch.float64))
+    with pytest.raises(ValueError, match="spacing"):
+        C.consistency_grid(vp, 6, spacing="log")
+    with pytest.raises(ValueError, match="t_max"):
+        C.consistency_grid(vp, 6, t_max=0.0, spacing="uniform")
