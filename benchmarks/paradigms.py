@@ -30,19 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffedu import nets, param, schedules, toy  # noqa: E402
 from diffedu.objectives import denoising_loss  # noqa: E402
-from diffedu.samplers import Grid, ode, sample_paradigms  # noqa: E402
-
-
-class Counting:
-    """The model contract, counting calls (sequential rounds) and evaluations (points)."""
-
-    def __init__(self, model):
-        self.model, self.schedule, self.calls, self.evals = model, model.schedule, 0, 0
-
-    def __call__(self, x, t, cond=None):
-        self.calls += 1
-        self.evals += len(x)
-        return self.model(x, t, cond)
+from diffedu.samplers import CountingModel, Grid, ode, sample_paradigms  # noqa: E402
 
 
 def train_mlp(mix, sch, steps, seed=0):
@@ -85,12 +73,12 @@ def compare(name, model, x, ts, windows, tols, repeats, step, rtol):
         print(f"{'window':>7s}{'tol':>8s}{'rounds':>8s}{'evals':>9s}{'error':>11s}{'|par-seq|':>11s}{'ms':>9s}{'ratio':>8s}")
         for w in windows:
             for tol in tols:
-                c = Counting(model)
+                c = CountingModel(model)
                 sample_paradigms(c, x, g, step=step, window=w, tol=tol)
                 par, wall = timed(lambda: sample_paradigms(model, x, g, step=step, window=w, tol=tol), repeats)
                 e = float((par - ref).norm(dim=1).mean())
                 same = abs(e - e_seq) <= 0.05 * e_seq
-                print(f"{w:7d}{tol:8.0e}{c.calls:8d}{c.evals:9d}{e:11.3e}{float((par - seq).abs().max()):11.2e}"
+                print(f"{w:7d}{tol:8.0e}{c.nfe:8d}{c.evals:9d}{e:11.3e}{float((par - seq).abs().max()):11.2e}"
                       f"{1e3 * wall:9.1f}{wall / wall_seq:8.2f}{'   equal error' if same else ''}")
 
 

@@ -73,7 +73,7 @@ import numpy as np
 import torch
 
 from diffedu import schedules, toy
-from diffedu.samplers import Grid, calibrated, ode, unipc
+from diffedu.samplers import CountingModel, Grid, calibrated, ode, unipc
 from diffedu.samplers.adaptive import error_density, grid_from_density
 
 
@@ -88,21 +88,6 @@ class NullModel:
     def __call__(self, x, t, cond=None):
         self.nfe += 1
         return self.out
-
-
-class CountingModel:
-    """Wraps a model: counts evaluations and accumulates the time spent inside it."""
-
-    def __init__(self, model):
-        self.model, self.schedule = model, model.schedule
-        self.nfe, self.seconds = 0, 0.0
-
-    def __call__(self, x, t, cond=None):
-        t0 = time.perf_counter()
-        out = self.model(x, t, cond)
-        self.seconds += time.perf_counter() - t0
-        self.nfe += 1
-        return out
 
 
 # ------------------------------------------------------------------------------------------ diffedu

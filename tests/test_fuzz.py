@@ -230,6 +230,7 @@ API = [
        {"model": "model", "x": "data", "ts": "grid", "generator": "generator"})
       for fn in (samplers.sample_ancestral, samplers.sample_euler_maruyama)],
     # ParaDiGMS and the calibrated grids / multistep solver (monograph §9.4-9.5, §9.8)
+    ("samplers.CountingModel", samplers.CountingModel, dict(model=MODEL), {"model": "model"}),
     ("samplers.sample_paradigms", samplers.sample_paradigms, dict(model=MODEL, x=X, ts=GRID, window=2, tol=1e-3),
      {"model": "model", "x": "data", "ts": "grid", "window": "count", "tol": "nonneg"}),
     ("samplers.fine_solve", samplers.fine_solve, dict(model=MODEL, x=X, steps=4), {"model": "model", "x": "data", "steps": "count"}),

@@ -20,13 +20,13 @@ from .ode import (SOLVERS, sample_ddim, sample_deis, sample_dpm_solver, sample_d
                   sample_dpm_solver_pp_2s, sample_dpm_solver_pp_3m, sample_euler, sample_heun, sample_heun_t,
                   solve_pf_ode_reference)
 from .parallel import sample_paradigms
-from .record import Step, trajectory
+from .record import CountingModel, Step, trajectory
 from .sde import langevin_corrector_step, reverse_sde_step, sample_euler_maruyama, sample_pc
 from .unipc import sample_ipndm, sample_unic, sample_unipc, unipc_weights
 
 __all__ = [
     # the step record and the one trajectory collector
-    "Step", "trajectory",
+    "CountingModel", "Step", "trajectory",
     # time grids
     "Grid", "check_grid", "grid_uniform", "grid_power", "grid_log_snr", "grid_karras", "grid_ddpm",
     "error_density", "grid_adaptive", "grid_from_density",  # grids from the model's own evaluations (§9.4-9.5)

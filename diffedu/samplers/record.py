@@ -19,14 +19,16 @@ returns, and ``trajectory(...)[-1]`` equals the sampler's output.
 from __future__ import annotations
 
 import inspect
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 import torch
 
+from diffedu._checks import check_model
 from diffedu.param import Prediction
 
-__all__ = ["Step", "StepLoop", "check_callback", "trajectory"]
+__all__ = ["Step", "StepLoop", "CountingModel", "check_callback", "trajectory"]
 
 
 @dataclass(frozen=True)
@@ -105,3 +107,30 @@ def trajectory(sampler: Callable, model, x: torch.Tensor, ts=None, **kwargs) -> 
     args = (model, x) if ts is None else (model, x, ts)
     sampler(*args, callback=record, **kwargs)
     return torch.stack(states)
+
+
+class CountingModel:
+    """Wraps a model and counts what a sampler really spends on it: the NFE (monograph §9.1).
+
+    ``CountingModel(model)(x, t, cond)`` is ``model(x, t, cond)``; it keeps ``nfe`` (calls, i.e.
+    sequential rounds for a batched sampler such as ParaDiGMS), ``batch_sizes`` (the batch of each
+    call), ``evals`` (points evaluated, their sum) and ``seconds`` (time spent inside the model), and
+    has the model's ``schedule``, so every sampler accepts it.
+    """
+
+    def __init__(self, model):
+        self.model = check_model(model)
+        self.schedule = model.schedule
+        self.nfe, self.seconds, self.batch_sizes = 0, 0.0, []
+
+    def __call__(self, x, t, cond=None):
+        t0 = time.perf_counter()
+        out = self.model(x, t, cond)
+        self.seconds += time.perf_counter() - t0
+        self.nfe += 1
+        self.batch_sizes.append(len(x))
+        return out
+
+    @property
+    def evals(self) -> int:
+        return sum(self.batch_sizes)

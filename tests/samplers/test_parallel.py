@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from diffedu import schedules, toy
-from diffedu.samplers import ode, sample_paradigms, trajectory
+from diffedu.samplers import CountingModel, ode, sample_paradigms, trajectory
 from diffedu.samplers.grids import grid_power, grid_uniform
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -16,17 +16,6 @@ def _problem(n=64):
     sch = schedules.DiscreteSchedule.linear()
     x = torch.randn(n, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     return mix.denoiser(sch), x
-
-
-class Counting:
-    """The model contract, counting calls and the batch size of each."""
-
-    def __init__(self, model):
-        self.model, self.schedule, self.batches = model, model.schedule, []
-
-    def __call__(self, x, t, cond=None):
-        self.batches.append(len(x))
-        return self.model(x, t, cond)
 
 
 @pytest.mark.parametrize("step", ["ddim", "euler"])
@@ -63,15 +52,15 @@ def test_tolerance_zero_is_exact_in_at_most_n_rounds():
 
 def test_fewer_rounds_than_steps_with_one_batched_call_per_round():
     model, x = _problem()
-    counting = Counting(model)
+    counting = CountingModel(model)
     n, window = 100, 20
     ts = grid_power(n, 2.0)
     records = []
     out = sample_paradigms(counting, x, ts, window=window, tol=1e-3, callback=records.append)
     rounds = len(records)
-    assert rounds == len(counting.batches)  # one model call per round ...
-    assert all(b % len(x) == 0 and b // len(x) <= window for b in counting.batches)  # ... on the whole window at once
-    assert max(counting.batches) == window * len(x)
+    assert rounds == len(counting.batch_sizes)  # one model call per round ...
+    assert all(b % len(x) == 0 and b // len(x) <= window for b in counting.batch_sizes)  # ... on the whole window at once
+    assert max(counting.batch_sizes) == window * len(x)
     assert rounds < n / 3, rounds  # measured: 16 rounds for 100 steps (window 20, tol 1e-3)
     # the record: rounds numbered 0.., times decreasing to the end of the grid, the last state is the output
     assert [r.i for r in records] == list(range(rounds))
